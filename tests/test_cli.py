@@ -1,0 +1,98 @@
+"""The `macflow` command, run as a user would (subprocess)."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from macflow.envs import registered
+
+MACFLOW = [str(Path(sys.executable).with_name("macflow"))]
+if not Path(MACFLOW[0]).exists():  # not installed as a script: use the module
+    MACFLOW = [sys.executable, "-m", "macflow.cli"]
+
+
+def run(*args, ok=True, cwd=None):
+    env = {**os.environ, "COLUMNS": "120"}
+    out = subprocess.run([*MACFLOW, *args], capture_output=True, text=True, env=env, cwd=cwd)
+    if ok:
+        assert out.returncode == 0, out.stderr
+    return out
+
+
+HELP = {
+    (): ["envs", "collect", "data", "quickstart"],
+    ("envs",): ["List every registered task"],
+    ("collect",): [e.env_id for e in registered()],
+    ("collect", "toy/landmarks"): ["--out", "--num-agents", "--noise", "--episodes", "--seed"],
+    ("collect", "toy/coordination"): ["--rare", "Probability of the optimal joint action"],
+    ("data",): ["info"],
+    ("data", "info"): ["PATH", "--no-verify", "sha256"],
+    ("quickstart",): ["make run", "--episodes"],
+}
+
+
+@pytest.mark.parametrize("args", list(HELP), ids=lambda a: " ".join(a) or "macflow")
+def test_every_command_explains_itself(args):
+    out = run(*args, "--help")
+    for words in HELP[args]:
+        assert words in out.stdout, f"`macflow {' '.join(args)} --help` lacks {words!r}"
+
+
+def test_envs_lists_every_registered_task():
+    out = run("envs").stdout
+    for e in registered():
+        assert e.env_id in out
+
+
+def test_collect_then_info(tmp_path):
+    out_dir = tmp_path / "xor"
+    out = run("collect", "toy/xor", "--out", str(out_dir), "--episodes", "300", "--noise", "0.2")
+    assert "300" in out.stdout and "collect" in out.stdout
+    info = run("data", "info", str(out_dir)).stdout
+    assert "toy/xor" in info and "300 (300 terminated, 0 truncated)" in info
+    meta = json.loads(run("data", "info", str(out_dir), "--as-json").stdout)
+    assert meta["provenance"]["behaviour_config"] == {"noise": 0.2, "balance": 0.5}
+    assert meta["provenance"]["command"].startswith("macflow collect toy/xor")
+    assert meta["stats"]["episodes"] == 300
+    # Refuses to overwrite without --overwrite: one clear line, exit status 2, no traceback.
+    again = run("collect", "toy/xor", "--out", str(out_dir), "--episodes", "10", ok=False)
+    assert again.returncode == 2 and "already holds a dataset" in again.stderr
+    assert "Traceback" not in again.stderr
+
+
+def test_bad_dataset_gives_one_clear_line(tmp_path):
+    out_dir = tmp_path / "c"
+    run("collect", "toy/coordination", "--out", str(out_dir), "--episodes", "50")
+    actions = np.load(out_dir / "actions.npy")
+    actions[7, 1] = 5
+    np.save(out_dir / "actions.npy", actions)
+    bad = run("data", "info", str(out_dir), ok=False)
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
+    assert f"{out_dir / 'actions.npy'}: field 'actions'" in bad.stderr
+    assert "checksum mismatch" in bad.stderr
+    skipped = run("data", "info", str(out_dir), "--no-verify", ok=False)
+    assert "at index (7, 1): action 5 is not in [0, 2)" in skipped.stderr.replace("\n", "")
+
+
+def test_collect_rejects_bad_options(tmp_path):
+    bad = run(
+        "collect", "toy/coordination", "--out", str(tmp_path / "x"), "--rare", "1.5", ok=False
+    )
+    assert bad.returncode != 0 and "rare" in bad.stderr
+    assert not (tmp_path / "x").exists()
+
+
+def test_quickstart_collects_validates_and_summarises(tmp_path):
+    out = run("quickstart", "--episodes", "2000", cwd=tmp_path).stdout
+    assert "toy/coordination" in out and "Validated" in out
+    assert "2,000 (2,000 terminated, 0 truncated)" in out
+    data = tmp_path / "runs" / "quickstart" / "data" / "toy-coordination"
+    assert (data / "meta.json").exists()
+    # A second run replaces the dataset atomically instead of failing.
+    run("quickstart", "--episodes", "1000", cwd=tmp_path)
+    assert json.loads((data / "meta.json").read_text())["stats"]["episodes"] == 1000
