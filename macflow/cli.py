@@ -29,6 +29,7 @@ from rich.table import Table
 from tyro.extras import SubcommandApp
 
 from macflow import __version__
+from macflow.train import TrainConfig
 
 console = Console()
 EnvT = TypeVar("EnvT")
@@ -196,6 +197,94 @@ def print_dataset(ds) -> None:
     console.print(table)
 
 
+AgentT = TypeVar("AgentT")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainArgs(Generic[AgentT]):
+    """Train an offline MARL algorithm on a dataset and evaluate its decentralised policy."""
+
+    train: tyro.conf.OmitArgPrefixes[TrainConfig]
+    """Run options."""
+    agent: AgentT
+    """The algorithm's hyper-parameters (defaults: the --preset's, for this task)."""
+
+
+def _peek(argv: list[str]):
+    import argparse
+
+    peek = argparse.ArgumentParser(add_help=False)
+    for flag in ("--algo", "--preset", "--dataset", "--task"):
+        peek.add_argument(flag)
+    known, _ = peek.parse_known_args(argv)
+    return known
+
+
+def _task_spec(known):
+    """The spec the presets are resolved for: the dataset's, the task's, or a placeholder."""
+    from macflow.data import read_meta
+    from macflow.envs import EnvSpec, entry
+
+    if known.dataset:
+        return read_meta(known.dataset)["spec"]
+    if known.task:
+        return entry(known.task).env_cls()().spec
+    return EnvSpec("any", 2, 1, 2, 1, False, 1, action_low=(-1.0,), action_high=(1.0,))
+
+
+def train_command(argv: list[str]) -> None:
+    """`macflow train`: parsed in two passes, so that --algo and --preset decide which
+    hyper-parameters the rest of the command line sets, and their defaults."""
+    from macflow.agents import AGENTS, get_agent
+    from macflow.train import train
+
+    known = _peek(argv)
+    algo = known.algo or "macflow"
+    agent_cls = get_agent(algo)
+    preset = known.preset or "paper"
+    if preset not in agent_cls.presets:
+        raise ValueError(
+            f"{algo} has no preset {preset!r}; presets: {', '.join(agent_cls.presets)}"
+        )
+    default = TrainArgs(
+        train=TrainConfig(algo=algo, preset=preset),
+        agent=agent_cls.presets[preset](_task_spec(known)),
+    )
+    desc = (
+        f"Train {algo} (preset {preset}) and evaluate its decentralised policy. Algorithms: "
+        f"{', '.join(AGENTS)}; presets of {algo}: {', '.join(agent_cls.presets)}. The --agent.* "
+        "defaults shown are the preset's for the given --dataset or --task."
+    )
+    args = tyro.cli(
+        TrainArgs[agent_cls.Config],
+        default=default,
+        args=argv,
+        prog="macflow train",
+        description=desc,
+    )
+    result = train(args.train, args.agent, console=console)
+    console.print(f"run directory: {result.path}")
+    if result.final:
+        print_final(result.final, title=f"{algo} final evaluation")
+
+
+def print_final(final: dict, title: str) -> None:
+    """Per-seed table of a final evaluation."""
+    table = Table(title=title)
+    for col in ("mode", "seed", "return mean", "std", "min", "max", "normalised", "win rate"):
+        table.add_column(col, justify="right")
+    for mode, results in final["modes"].items():
+        for seed, r in zip(final["seeds"], results, strict=True):
+            norm = f"{r['normalised_score']:.1f}" if "normalised_score" in r else "-"
+            win = f"{100 * r['win_rate']:.1f}%" if "win_rate" in r else "-"
+            stats = [
+                f"{r[k]:.4g}" for k in ("return_mean", "return_std", "return_min", "return_max")
+            ]
+            table.add_row(mode, str(seed), *stats, norm, win)
+    console.print(table)
+    console.print(f"{final['episodes']} episodes per seed and mode, after {final['step']} updates.")
+
+
 def _build_app() -> SubcommandApp:
     app = SubcommandApp()
 
@@ -260,59 +349,161 @@ def _build_app() -> SubcommandApp:
 
     app.command(data, name="data", help="Inspect datasets: `macflow data info PATH`.")
 
+    @app.command(name="train")
+    def train_help() -> None:
+        """Train an algorithm on a dataset (`macflow train --help` lists its options)."""
+
+    @app.command(name="eval")
+    def eval_command(
+        run: tyro.conf.Positional[Path], episodes: int | None = None, seed: int = 0
+    ) -> None:
+        """Evaluate a run's latest checkpoint: each agent acts on its own observation and noise.
+
+        Args:
+            run: Run directory (written by `macflow train`).
+            episodes: Episodes per seed and noise mode (default: the run's final-evaluation count).
+            seed: Seed of the evaluation episodes.
+        """
+        final = evaluate_run(run, episodes, seed)
+        print_final(final, title=f"{run}: evaluation")
+        console.print(f"written to {Path(run) / 'eval.json'}")
+
     @app.command
     def quickstart(
-        out: Path = Path("runs/quickstart"), episodes: int = 10_000, seed: int = 0
+        out: Path = Path("runs/quickstart"),
+        episodes: int = 10_000,
+        steps: int = 3000,
+        seeds: tuple[int, ...] = (0, 1),
     ) -> None:
         """The default task end to end (what `make run` runs).
 
-        Today: generate the default toy dataset (toy/coordination, rare optimum (1,1) at 5%),
-        load it back with every check on, and print its summary.
+        Collects toy/coordination data (the optimal joint action (1,1) is 5% of it), trains
+        MAC-Flow and flow-BC (the same pipeline without the Q term) on it, evaluates their
+        decentralised students and prints them against the behaviour data.
 
         Args:
             out: Directory for the quickstart's outputs (replaced on every run).
             episodes: Episodes of behaviour data to collect.
-            seed: Random seed.
+            steps: Updates of each training stage (teacher, then students and critic).
+            seeds: Seeds trained side by side.
         """
-        from macflow.data import load
-        from macflow.envs import entry
-
-        e = entry("toy/coordination")
-        data_dir = out / "data" / "toy-coordination"
-        args = CollectArgs(
-            env=e.env_cls()(),
-            behaviour=e.behaviour_cls()(),
-            out=data_dir,
-            episodes=episodes,
-            seed=seed,
-            overwrite=True,
-        )
-        console.print(f"[bold]macflow {__version__} quickstart[/]: collecting toy/coordination")
-        run_collect(args)
-        ds = load(data_dir)
-        actions = np.asarray(ds.arrays["actions"])
-        share = float(np.mean((actions[:, 0] == 1) & (actions[:, 1] == 1)))
-        print_dataset(ds)
-        console.print(
-            f"Validated. The optimal joint action (1,1) is {100 * share:.1f}% of the data; the "
-            "MAC-Flow issue extends this command to train and evaluate on it."
-        )
+        run_quickstart(out, episodes, steps, seeds)
 
     return app
 
 
+def evaluate_run(run: Path, episodes: int | None = None, seed: int = 0) -> dict:
+    """Evaluate a run directory's checkpoint in both noise modes; writes ``run/eval.json``."""
+    import jax
+
+    from macflow.agents import ACT_MODES
+    from macflow.data import read_meta
+    from macflow.envs import make_env
+    from macflow.evaluate import evaluate
+    from macflow.runs import write_atomic
+    from macflow.train import load_run
+
+    record, _, _, agents, step = load_run(run)
+    env = make_env(record["dataset"]["env_id"], **record["dataset"]["env_kwargs"])
+    train = record["train"]
+    episodes = episodes or train["eval_episodes"] * train["final_eval_factor"]
+    reference = None
+    if Path(train["dataset"], "meta.json").exists():
+        reference = read_meta(train["dataset"])["reference_returns"]
+    final = {"step": step, "episodes": episodes, "seeds": train["seeds"], "modes": {}}
+    for mode in ACT_MODES:
+        chunk = min(episodes, train["eval_episodes"])
+        res = evaluate(env, agents, jax.random.PRNGKey(seed), episodes, mode, reference, chunk)
+        final["modes"][mode] = [{k: v for k, v in r.items() if k != "returns"} for r in res]
+    write_atomic(Path(run) / "eval.json", json.dumps(final, indent=2))
+    return final
+
+
+def run_quickstart(out: Path, episodes: int, steps: int, seeds: tuple[int, ...]) -> None:
+    import shutil
+
+    from macflow.agents.macflow import MACFlowConfig
+    from macflow.data import load
+    from macflow.envs import entry
+    from macflow.train import train
+
+    e = entry("toy/coordination")
+    data_dir = out / "data" / "toy-coordination"
+    console.print(f"[bold]macflow {__version__} quickstart[/]: toy/coordination")
+    run_collect(CollectArgs(e.env_cls()(), e.behaviour_cls()(), data_dir, episodes, overwrite=True))
+    ds = load(data_dir)
+    print_dataset(ds)
+    # Small networks suffice for a one-step game; alpha is tuned for it: the Q term must beat
+    # imitation of a dataset in which the optimum is rare.
+    small = (64, 64)
+    macflow = MACFlowConfig(
+        teacher_hidden=small,
+        student_hidden=small,
+        critic_hidden=small,
+        alpha=0.03,
+        lr=1e-3,
+        teacher_steps=steps,
+    )
+    flow_bc = dataclasses.replace(macflow, q_weight=0.0)
+    log_every = min(500, steps)
+    rows = []
+    for name, config in (("flow-BC", flow_bc), ("MAC-Flow", macflow)):
+        shutil.rmtree(out / "runs" / name, ignore_errors=True)
+        cfg = TrainConfig(
+            dataset=data_dir,
+            steps=steps,
+            seeds=seeds,
+            log_every=log_every,
+            eval_every=0,
+            eval_episodes=200,
+            checkpoint_every=0,
+            out=out / "runs",
+            name=name,
+        )
+        console.print(f"training {name} ({'no Q term' if config.q_weight == 0 else 'with Q'})")
+        result = train(cfg, config, console=console)
+        rows.append((name, result))
+    actions = np.asarray(ds.arrays["actions"])
+    share = float(np.mean((actions[:, 0] == 1) & (actions[:, 1] == 1)))
+    table = Table(title="toy/coordination: decentralised students vs the behaviour data")
+    for col in ("policy", "return, sampled noise", "return, zero noise", "(1,1) chosen, sampled"):
+        table.add_column(col, justify="right")
+    stats = ds.stats()
+    table.add_row("behaviour data", f"{stats['return_mean']:.3f}", "-", f"{100 * share:.1f}%")
+    for name, result in rows:
+        cells = []
+        for mode in ("sample", "zero"):
+            means = [r["return_mean"] for r in result.final["modes"][mode]]
+            cells.append(f"{np.mean(means):.3f} ± {np.std(means):.3f}")
+        runs = json.loads((result.path / "marl_eval.json").read_text())["toy"]["coordination"]
+        returns = [np.asarray(r["absolute_metrics"]["return"]) for r in runs["macflow"].values()]
+        optimum = np.mean([np.mean(r == 2.0) for r in returns])
+        table.add_row(name, *cells, f"{100 * optimum:.1f}%")
+    console.print(table)
+    console.print(
+        f"Means ± std over seeds {list(seeds)}, {rows[0][1].final['episodes']} episodes each. "
+        f"Runs in {out / 'runs'}; `macflow eval {out / 'runs' / 'MAC-Flow'}` re-evaluates."
+    )
+
+
 def main(argv: list[str] | None = None) -> None:
     from macflow.data.schema import DatasetError
+    from macflow.train import TrainingDiverged
 
     _ARGV[:] = sys.argv[1:] if argv is None else argv
     enable_compile_cache()
-    app = _build_app()
     try:
-        app.cli(
+        if _ARGV[:1] == ["train"]:
+            train_command(_ARGV[1:])
+            return
+        _build_app().cli(
             prog="macflow",
             description=f"macflow {__version__}: offline MARL with MAC-Flow.",
-            args=argv,
+            args=_ARGV,
         )
+    except TrainingDiverged as err:
+        Console(stderr=True).print(f"[bold red]training stopped:[/] {err}", highlight=False)
+        sys.exit(3)
     except (DatasetError, FileExistsError, ValueError) as err:
         if os.environ.get("MACFLOW_DEBUG"):
             raise

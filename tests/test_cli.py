@@ -32,7 +32,7 @@ HELP = {
     ("collect", "toy/coordination"): ["--rare", "Probability of the optimal joint action"],
     ("data",): ["info"],
     ("data", "info"): ["PATH", "--no-verify", "sha256"],
-    ("quickstart",): ["make run", "--episodes"],
+    ("quickstart",): ["make run", "--episodes", "--steps", "flow-BC"],
 }
 
 
@@ -87,12 +87,17 @@ def test_collect_rejects_bad_options(tmp_path):
     assert not (tmp_path / "x").exists()
 
 
-def test_quickstart_collects_validates_and_summarises(tmp_path):
-    out = run("quickstart", "--episodes", "2000", cwd=tmp_path).stdout
-    assert "toy/coordination" in out and "Validated" in out
-    assert "2,000 (2,000 terminated, 0 truncated)" in out
-    data = tmp_path / "runs" / "quickstart" / "data" / "toy-coordination"
-    assert (data / "meta.json").exists()
+def test_quickstart_collects_trains_and_compares(tmp_path):
+    args = ("quickstart", "--episodes", "1000", "--steps", "200", "--seeds", "0")
+    out = run(*args, cwd=tmp_path).stdout
+    assert "toy/coordination" in out and "1,000 (1,000 terminated, 0 truncated)" in out
+    for row in ("behaviour data", "flow-BC", "MAC-Flow"):
+        assert row in out
+    quick = tmp_path / "runs" / "quickstart"
+    for name in ("flow-BC", "MAC-Flow"):
+        final = json.loads((quick / "runs" / name / "final.json").read_text())
+        assert final["step"] == 400 and final["episodes"] == 2000
     # A second run replaces the dataset atomically instead of failing.
-    run("quickstart", "--episodes", "1000", cwd=tmp_path)
-    assert json.loads((data / "meta.json").read_text())["stats"]["episodes"] == 1000
+    run("quickstart", "--episodes", "500", "--steps", "10", "--seeds", "0", cwd=tmp_path)
+    meta = json.loads((quick / "data" / "toy-coordination" / "meta.json").read_text())
+    assert meta["stats"]["episodes"] == 500

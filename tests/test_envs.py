@@ -70,10 +70,10 @@ def test_rollouts_are_deterministic_under_a_fixed_key_and_vmap(env_id):
     env = make_env(env_id)
     spec = env.spec
 
-    def act(key, pstate, env_state, ts):
+    def act(params, key, pstate, env_state, ts):
         return random_actions(spec, key, ts), pstate
 
-    run = make_rollout(env, lambda k, s, t: (), act, num_episodes=8)
+    run = make_rollout(env, lambda p, k, s, t: (), act, num_episodes=8)
     a, b = run(jax.random.PRNGKey(1)), run(jax.random.PRNGKey(1))
     jax.tree.map(np.testing.assert_array_equal, a, b)
     c = run(jax.random.PRNGKey(2))

@@ -62,10 +62,10 @@ def collect(
     spec = env.spec
     chunk = min(chunk, num_episodes)
 
-    def init(key, env_state, ts):
+    def init(params, key, env_state, ts):
         return behaviour.init(env, key, env_state, ts)
 
-    def act(key, pstate, env_state, ts):
+    def act(params, key, pstate, env_state, ts):
         return behaviour.act(env, key, pstate, env_state, ts), pstate
 
     run = make_rollout(env, init, act, chunk)

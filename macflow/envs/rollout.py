@@ -15,9 +15,10 @@ import jax.numpy as jnp
 
 from macflow.envs.base import Env, TimeStep
 
-# init(key, env_state, ts) -> pstate;  act(key, pstate, env_state, ts) -> (actions, pstate)
-InitFn = Callable[[jax.Array, Any, TimeStep], Any]
-ActFn = Callable[[jax.Array, Any, Any, TimeStep], tuple[jax.Array, Any]]
+# init(params, key, env_state, ts) -> pstate
+# act(params, key, pstate, env_state, ts) -> (actions, pstate)
+InitFn = Callable[[Any, jax.Array, Any, TimeStep], Any]
+ActFn = Callable[[Any, jax.Array, Any, Any, TimeStep], tuple[jax.Array, Any]]
 
 
 def _where(cond, old, new):
@@ -25,7 +26,10 @@ def _where(cond, old, new):
 
 
 def make_rollout(env: Env, init: InitFn, act: ActFn, num_episodes: int, record: bool = True):
-    """A jitted ``key -> out`` running ``num_episodes`` episodes in parallel.
+    """A jitted ``(key, params) -> out`` running ``num_episodes`` episodes in parallel.
+
+    ``params`` (any pytree, e.g. a policy's weights) is passed to ``init`` and ``act`` as an
+    argument, so new weights reuse the compiled program.
 
     ``out["returns"]`` is ``[E]``; with ``record`` it also holds every step, ``[E, L, ...]``:
     ``observations, state, legal_actions, actions, rewards, terminals, truncations``, the next
@@ -34,15 +38,15 @@ def make_rollout(env: Env, init: InitFn, act: ActFn, num_episodes: int, record: 
     """
     limit = env.spec.episode_limit
 
-    def episode(key):
+    def episode(key, params):
         k_reset, k_init, k_run = jax.random.split(key, 3)
         env_state, ts = env.reset(k_reset)
-        pstate = init(k_init, env_state, ts)
+        pstate = init(params, k_init, env_state, ts)
 
         def body(carry, key):
             env_state, ts, pstate, done, ret = carry
             k_act, k_step = jax.random.split(key)
-            actions, new_pstate = act(k_act, pstate, env_state, ts)
+            actions, new_pstate = act(params, k_act, pstate, env_state, ts)
             new_state, new_ts = env.step(k_step, env_state, actions)
             out = None
             if record:
@@ -79,5 +83,8 @@ def make_rollout(env: Env, init: InitFn, act: ActFn, num_episodes: int, record: 
             out["steps"] = steps
         return out
 
-    run = jax.jit(lambda key: jax.vmap(episode)(jax.random.split(key, num_episodes)))
-    return run
+    def run(key, params=()):
+        keys = jax.random.split(key, num_episodes)
+        return jax.vmap(episode, in_axes=(0, None))(keys, params)
+
+    return jax.jit(run)

@@ -1,0 +1,25 @@
+"""Agent registry: ``--algo NAME`` -> the agent class (loaded on first use)."""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+
+from macflow.agents.base import ACT_MODES, Agent, Stage
+
+AGENTS: dict[str, str] = {
+    "macflow": "macflow.agents.macflow:MACFlow",
+}
+
+
+def get_agent(name: str) -> type[Agent]:
+    """The agent class registered as ``name``."""
+    if name not in AGENTS:
+        close = difflib.get_close_matches(name, list(AGENTS), n=2)
+        hint = f" Did you mean {', '.join(close)}?" if close else ""
+        raise ValueError(f"unknown algorithm {name!r}.{hint} Available: {', '.join(AGENTS)}")
+    module, cls = AGENTS[name].split(":")
+    return getattr(importlib.import_module(module), cls)
+
+
+__all__ = ["ACT_MODES", "AGENTS", "Agent", "Stage", "get_agent"]

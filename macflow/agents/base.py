@@ -1,0 +1,80 @@
+"""What every agent provides, and small helpers agents share.
+
+An agent is an immutable ``flax.struct.PyTreeNode`` (fql's shape) with
+
+    Agent.create(key, spec, config)           -> agent
+    Agent.stages(config, steps)               -> [Stage, ...]   the training schedule
+    agent.update(batch, stage)                -> (agent, info)  jittable, ``stage`` static
+    agent.act(key, observations, legal, mode) -> env actions    decentralised, jittable
+
+and the class attributes ``Config`` (a frozen dataclass) and ``presets`` (name -> function of the
+EnvSpec returning a Config). The training loop and the CLI use nothing else, so no code outside an
+agent's own file needs to know which algorithm it runs.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple, Protocol
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from macflow.envs.base import EnvSpec
+
+Array = jax.Array
+ACT_MODES = ("sample", "zero")
+"""``sample``: each agent draws fresh noise every step (discrete students then sample their
+softmax); ``zero``: noise fixed at 0 and discrete students act greedily (deterministic)."""
+
+
+class Stage(NamedTuple):
+    name: str
+    """Passed to ``update`` as its static ``stage`` argument."""
+    steps: int
+    """Number of updates in this stage."""
+    evaluate: bool
+    """Whether the policy is worth evaluating during this stage."""
+
+
+class Agent(Protocol):
+    Config: type
+    presets: dict[str, Any]
+
+    @classmethod
+    def create(cls, key: Array, spec: EnvSpec, config: Any) -> Agent: ...
+
+    @classmethod
+    def stages(cls, config: Any, steps: int) -> list[Stage]: ...
+
+    def update(self, batch: Any, stage: str) -> tuple[Agent, dict[str, Array]]: ...
+
+    def act(self, key: Array, observations: Array, legal: Array | None, mode: str) -> Array: ...
+
+
+def adam_step(lr: float, params, grads, opt_state):
+    """One Adam step; the optimiser is rebuilt from static config, only its state is carried."""
+    updates, opt_state = optax.adam(lr).update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state
+
+
+def polyak(target, online, tau: float):
+    """``target <- tau * online + (1 - tau) * target``."""
+    return jax.tree.map(lambda t, o: tau * o + (1 - tau) * t, target, online)
+
+
+def to_unit(spec: EnvSpec, actions: Array) -> Array:
+    """Continuous env actions -> [-1, 1] per dimension."""
+    low, high = jnp.asarray(spec.action_low), jnp.asarray(spec.action_high)
+    return 2 * (actions - low) / (high - low) - 1
+
+
+def from_unit(spec: EnvSpec, unit: Array) -> Array:
+    """[-1, 1] -> continuous env actions within the spec's bounds."""
+    low, high = jnp.asarray(spec.action_low), jnp.asarray(spec.action_high)
+    return jnp.clip(low + (unit + 1) * (high - low) / 2, low, high)
+
+
+def masked_logits(logits: Array, legal: Array | None) -> Array:
+    """Illegal actions get a large negative logit (finite, so gradients stay finite)."""
+    return logits if legal is None else jnp.where(legal, logits, -1e9)

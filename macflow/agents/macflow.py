@@ -1,0 +1,354 @@
+"""MAC-Flow: a joint flow teacher distilled into decentralised one-step students, IGM critic.
+
+Equations of the paper (arXiv 2511.05005), in our notation; actions live in [-1, 1] (continuous)
+or as one-hot vectors (discrete), the joint action being ``x = (a_1, ..., a_N)``:
+
+1. Flow matching (behaviour model, stage 1): ``x_t = (1 - t) x_0 + t x_1`` with ``x_0 ~ N(0, I)``,
+   ``L_flow = E || v(x_t, t, s) - (x_1 - x_0) ||^2``. The teacher ``a* = Flow_K(z; s)`` integrates
+   v with K Euler steps from the joint noise ``z = (z_1, ..., z_N)``.
+2. Distillation under the noise coupling: ``L_dist = E mean_i || mu(o_i, id_i, z_i) - a*_i ||^2``
+   (discrete: cross-entropy to the teacher's legal argmax). Summed over agents it bounds
+   ``W2^2(joint, product of students)``; ``actor/w2_proxy`` logs its square root.
+3. IGM critic: ``Q_tot = Mix(Q_1(o_1, a_1), ..., Q_N(o_N, a_N); s)`` (VDN or QMIX), TD target
+   ``r + gamma * bootstrap * Q'_tot(s', a')`` with ``a'`` from the current students and the
+   bootstrap mask 0 only after a terminal.
+4. Policy extraction: ``L_actor = alpha * L_dist - lambda * Q_tot(students' actions)``,
+   ``lambda = sg(1 / mean |Q_tot|)``. Discrete students feed Q with their legal-masked softmax
+   (expected utility ``sum_a pi_i(a) Q_i(a)``), so the Q term really reaches them (the public
+   code's argmax gives zero gradient).
+
+Presets: ``paper`` (joint teacher on the state, two stages) and ``reference`` (the public code's
+choices: per-agent teacher, simultaneous losses, VDN-mean, its widths, alpha and discount; without
+its bugs). ``shared_noise`` gives every student the whole joint noise, drawn from a seed all agents
+share at execution, so decentralised students can reproduce correlated modes such as XOR.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Literal
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import struct
+
+from macflow.agents.base import Stage, adam_step, from_unit, masked_logits, polyak, to_unit
+from macflow.envs.base import EnvSpec
+from macflow.nn import Critic, JointVelocity, PerAgentVelocity, QMixer, Student
+
+Array = jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class MACFlowConfig:
+    """MAC-Flow hyper-parameters (the ``paper`` preset's values are the defaults)."""
+
+    teacher: Literal["joint", "per-agent"] = "joint"
+    """``joint``: one velocity field over all agents' actions, conditioned on the global state.
+    ``per-agent``: the public code's shared-weight field on each agent's own observation."""
+    teacher_obs: bool = False
+    """The joint teacher also sees every agent's observation (besides the state)."""
+    teacher_hidden: tuple[int, ...] = (512, 512, 512, 512)
+    """Hidden widths of the velocity field."""
+    flow_steps: int = 10
+    """Euler steps K of the teacher."""
+    student_hidden: tuple[int, ...] = (512, 512, 512, 512)
+    """Hidden widths of the one-step student."""
+    shared_noise: bool = False
+    """Every student also sees the whole joint noise (needs a seed shared by all agents)."""
+    critic_hidden: tuple[int, ...] = (512, 512, 512, 512)
+    """Hidden widths of the per-agent critic (with LayerNorm)."""
+    critic_heads: int = 2
+    """Critic ensemble size."""
+    mixer: Literal["vdn", "vdn-mean", "qmix"] = "vdn"
+    """IGM mixing: VDN sum, VDN mean (the public code), or QMIX's monotone hypernetwork."""
+    q_agg: Literal["mean", "min"] = "mean"
+    """How the target heads are combined."""
+    discount: float = 0.99
+    """Discount gamma."""
+    tau: float = 0.005
+    """Polyak rate of the target critic."""
+    alpha: float = 1.0
+    """Weight of the distillation loss."""
+    q_weight: float = 1.0
+    """Weight of the Q term; 0 gives flow BC + distillation (the "without Q" ablation)."""
+    normalize_q: bool = True
+    """Scale the Q term by ``1 / mean |Q_tot|`` (stop-gradient)."""
+    schedule: Literal["two-stage", "simultaneous"] = "two-stage"
+    """``two-stage``: train the teacher, freeze it, then critic + students. ``simultaneous``:
+    every loss from the first update (the public code)."""
+    teacher_steps: int = 100_000
+    """Updates of stage 1 (two-stage schedule only)."""
+    lr: float = 3e-4
+    """Adam learning rate of every network."""
+
+    def __post_init__(self):
+        if self.flow_steps < 1 or self.critic_heads < 1 or self.teacher_steps < 0:
+            raise ValueError(f"need flow_steps, critic_heads >= 1 and teacher_steps >= 0: {self}")
+
+
+def _paper(spec: EnvSpec) -> MACFlowConfig:
+    return MACFlowConfig(alpha=3.0 if spec.discrete else 1.0)
+
+
+def _reference(spec: EnvSpec) -> MACFlowConfig:
+    width = (256,) * 4 if spec.discrete else (512,) * 4
+    return MACFlowConfig(
+        teacher="per-agent",
+        teacher_hidden=width,
+        student_hidden=width,
+        critic_hidden=width,
+        mixer="vdn" if spec.discrete else "vdn-mean",
+        discount=0.99 if spec.discrete else 0.995,
+        alpha=3.0 if spec.discrete else 1.0,
+        normalize_q=not spec.discrete,
+        schedule="simultaneous",
+    )
+
+
+class MACFlow(struct.PyTreeNode):
+    """Teacher, students, critic (+ mixer) and their targets, optimiser states and RNG."""
+
+    rng: Array
+    params: dict[str, Any]
+    target: dict[str, Any]
+    opt: dict[str, Any]
+    config: MACFlowConfig = struct.field(pytree_node=False)
+    spec: EnvSpec = struct.field(pytree_node=False)
+
+    Config = MACFlowConfig
+    presets = {"paper": _paper, "reference": _reference}
+
+    # --- networks, rebuilt from static config (cheap; only their parameters are state) ------
+
+    @property
+    def _dim(self) -> int:
+        return self.spec.action_dim
+
+    def _teacher(self):
+        c = self.config
+        if c.teacher == "joint":
+            return JointVelocity(c.teacher_hidden, use_obs=c.teacher_obs)
+        return PerAgentVelocity(c.teacher_hidden)
+
+    def _student(self):
+        return Student(self.config.student_hidden, self._dim)
+
+    def _critic(self):
+        actions = self._dim if self.spec.discrete else None
+        return Critic(self.config.critic_hidden, actions, self.config.critic_heads)
+
+    @classmethod
+    def create(cls, key: Array, spec: EnvSpec, config: MACFlowConfig) -> MACFlow:
+        n, d = spec.num_agents, spec.action_dim
+        obs = jnp.zeros((1, n, spec.obs_dim))
+        state = jnp.zeros((1, spec.state_dim))
+        x = jnp.zeros((1, n, d))
+        shell = cls(rng=key, params={}, target={}, opt={}, config=config, spec=spec)
+        k_t, k_s, k_c, k_m, rng = jax.random.split(key, 5)
+        shared = x.reshape(1, -1) if config.shared_noise else None
+        params = {
+            "teacher": shell._teacher().init(k_t, x, jnp.zeros(1), state, obs),
+            "student": shell._student().init(k_s, obs, x, shared),
+            "critic": shell._critic().init(k_c, obs, None if spec.discrete else x),
+            "mixer": QMixer().init(k_m, jnp.zeros((1, n)), state) if config.mixer == "qmix" else {},
+        }
+        opt = {
+            "teacher": optax.adam(config.lr).init(params["teacher"]),
+            "student": optax.adam(config.lr).init(params["student"]),
+            "critic": optax.adam(config.lr).init((params["critic"], params["mixer"])),
+        }
+        target = {"critic": params["critic"], "mixer": params["mixer"]}
+        return shell.replace(rng=rng, params=params, target=target, opt=opt)
+
+    @classmethod
+    def stages(cls, config: MACFlowConfig, steps: int) -> list[Stage]:
+        if config.schedule == "two-stage":
+            return [Stage("teacher", config.teacher_steps, False), Stage("policy", steps, True)]
+        return [Stage("all", steps, True)]
+
+    # --- the pieces of the method ------------------------------------------------------------
+
+    def _targets(self, batch) -> Array:
+        """Dataset actions as flow targets x_1: [-1, 1] vectors or one-hots, ``[B, N, D]``."""
+        if self.spec.discrete:
+            return jax.nn.one_hot(batch.actions, self._dim)
+        return to_unit(self.spec, batch.actions)
+
+    def teacher_sample(self, params, noise: Array, states: Array, obs: Array, legal) -> Array:
+        """Integrate the flow from joint noise ``[B, N, D]`` with K Euler steps.
+
+        Returns actions in [-1, 1] (continuous) or legal argmax indices ``[B, N]`` (discrete).
+        """
+        k = self.config.flow_steps
+        net = self._teacher()
+
+        def euler(x, i):
+            t = jnp.full(x.shape[:1], i / k)
+            return x + net.apply(params, x, t, states, obs) / k, None
+
+        x, _ = jax.lax.scan(euler, noise, jnp.arange(k))
+        if self.spec.discrete:
+            return jnp.argmax(masked_logits(x, legal), axis=-1)
+        return jnp.clip(x, -1.0, 1.0)
+
+    def _student_out(self, params, obs: Array, noise: Array) -> Array:
+        shared = noise.reshape(*noise.shape[:-2], -1) if self.config.shared_noise else None
+        return self._student().apply(params, obs, noise, shared)
+
+    def _policy(self, params, key, obs, legal, mode: str) -> Array:
+        """Students' actions in the agent's own space: [-1, 1] vectors, or indices."""
+        shape = (*obs.shape[:-1], self._dim)
+        noise = jnp.zeros(shape) if mode == "zero" else jax.random.normal(key, shape)
+        out = self._student_out(params, obs, noise)
+        if not self.spec.discrete:
+            return jnp.tanh(out)
+        logits = masked_logits(out, legal)
+        if mode == "zero":
+            return jnp.argmax(logits, axis=-1)
+        return jax.random.categorical(jax.random.fold_in(key, 1), logits)
+
+    def _utilities(self, params, obs: Array, actions: Array) -> Array:
+        """Per-agent Q of the given actions, ``[H, B, N]``."""
+        if self.spec.discrete:
+            q = self._critic().apply(params, obs)
+            return jnp.take_along_axis(q, actions[None, ..., None], axis=-1)[..., 0]
+        return self._critic().apply(params, obs, actions)
+
+    def _mix(self, params, q: Array, states: Array) -> Array:
+        """``[..., N]`` utilities -> ``[...]`` team value."""
+        if self.config.mixer == "vdn":
+            return q.sum(axis=-1)
+        if self.config.mixer == "vdn-mean":
+            return q.mean(axis=-1)
+        return QMixer().apply(params, q, states)
+
+    # --- losses -------------------------------------------------------------------------------
+
+    def flow_loss(self, params, batch, key) -> tuple[Array, dict]:
+        x1 = self._targets(batch)
+        k_noise, k_time = jax.random.split(key)
+        x0 = jax.random.normal(k_noise, x1.shape)
+        t = jax.random.uniform(k_time, x1.shape[:1])
+        xt = (1 - t[:, None, None]) * x0 + t[:, None, None] * x1
+        v = self._teacher().apply(params, xt, t, batch.states, batch.observations)
+        err = ((v - (x1 - x0)) ** 2).mean(axis=(1, 2))
+        loss = (err * batch.valid).sum() / batch.valid.sum()
+        return loss, {"teacher/flow_loss": loss}
+
+    def td_target(self, batch, key) -> Array:
+        """``r + gamma * bootstrap * Q'_tot(s', a')``, ``a'`` from the current students (legal
+        under the next state's mask); bootstrap is 0 only after a terminal."""
+        c = self.config
+        next_a = self._policy(
+            self.params["student"], key, batch.next_observations, batch.next_legal_actions, "sample"
+        )
+        q_next = self._mix(
+            self.target["mixer"],
+            self._utilities(self.target["critic"], batch.next_observations, next_a),
+            batch.next_states,
+        )
+        q_next = q_next.min(axis=0) if c.q_agg == "min" else q_next.mean(axis=0)
+        return jax.lax.stop_gradient(batch.rewards + c.discount * batch.bootstrap * q_next)
+
+    def critic_loss(self, critic_mixer, batch, key) -> tuple[Array, dict]:
+        critic, mixer = critic_mixer
+        y = self.td_target(batch, key)
+        actions = batch.actions if self.spec.discrete else to_unit(self.spec, batch.actions)
+        q = self._mix(mixer, self._utilities(critic, batch.observations, actions), batch.states)
+        loss = (((q - y) ** 2).mean(axis=0) * batch.valid).sum() / batch.valid.sum()
+        return loss, {"critic/td_loss": loss, "critic/q_mean": q.mean(), "critic/target": y.mean()}
+
+    def actor_loss(self, student, batch, key) -> tuple[Array, dict]:
+        c = self.config
+        noise = jax.random.normal(key, (*batch.observations.shape[:-1], self._dim))
+        legal = batch.legal_actions
+        teacher = jax.lax.stop_gradient(
+            self.teacher_sample(
+                self.params["teacher"], noise, batch.states, batch.observations, legal
+            )
+        )
+        out = self._student_out(student, batch.observations, noise)
+        critic = self.params["critic"]
+        if self.spec.discrete:
+            logits = masked_logits(out, legal)
+            logp = jax.nn.log_softmax(logits)
+            per_agent = -jnp.take_along_axis(logp, teacher[..., None], axis=-1)[..., 0]
+            probs = jnp.exp(logp)
+            sq = ((probs - jax.nn.one_hot(teacher, self._dim)) ** 2).sum(-1)
+            q_all = self._critic().apply(critic, batch.observations).mean(axis=0)
+            q = (probs * q_all).sum(axis=-1)
+        else:
+            action = jnp.tanh(out)
+            per_agent = sq = ((action - teacher) ** 2).sum(-1)
+            q = self._critic().apply(critic, batch.observations, action).mean(axis=0)
+        q_tot = self._mix(self.params["mixer"], q, batch.states)
+        scale = 1 / jnp.maximum(jnp.abs(q_tot).mean(), 1e-6) if c.normalize_q else 1.0
+        scale = jax.lax.stop_gradient(scale)
+        w = batch.valid / batch.valid.sum()
+        distill = (per_agent.mean(axis=-1) * w).sum()
+        q_term = (q_tot * w).sum()
+        loss = c.alpha * distill - c.q_weight * scale * q_term
+        info = {
+            "actor/loss": loss,
+            "actor/distill": distill,
+            "actor/q": q_term,
+            "actor/lambda": scale,
+            "actor/w2_proxy": jnp.sqrt((sq.sum(axis=-1) * w).sum()),
+        }
+        return loss, info
+
+    # --- the interface ------------------------------------------------------------------------
+
+    @functools.partial(jax.jit, static_argnames=("stage",))
+    def update(self, batch, stage: str) -> tuple[MACFlow, dict[str, Array]]:
+        """One update of the networks that ``stage`` trains (teacher / policy / all)."""
+        lr = self.config.lr
+        rng, k_flow, k_critic, k_actor = jax.random.split(self.rng, 4)
+        params, opt, target, info = dict(self.params), dict(self.opt), self.target, {}
+        if stage in ("teacher", "all"):
+            grads, i = jax.grad(self.flow_loss, has_aux=True)(params["teacher"], batch, k_flow)
+            params["teacher"], opt["teacher"] = adam_step(
+                lr, params["teacher"], grads, opt["teacher"]
+            )
+            info.update(i)
+        if stage in ("policy", "all"):
+            cm = (params["critic"], params["mixer"])
+            grads, i = jax.grad(self.critic_loss, has_aux=True)(cm, batch, k_critic)
+            info.update(i)
+            grads_s, i = jax.grad(self.actor_loss, has_aux=True)(params["student"], batch, k_actor)
+            info.update(i)
+            (params["critic"], params["mixer"]), opt["critic"] = adam_step(
+                lr, cm, grads, opt["critic"]
+            )
+            params["student"], opt["student"] = adam_step(
+                lr, params["student"], grads_s, opt["student"]
+            )
+            online = {"critic": params["critic"], "mixer": params["mixer"]}
+            target = polyak(target, online, self.config.tau)
+        return self.replace(rng=rng, params=params, opt=opt, target=target), info
+
+    @functools.partial(jax.jit, static_argnames=("mode",))
+    def act(self, key: Array, observations: Array, legal: Array | None, mode: str = "sample"):
+        """Decentralised actions ``[..., N, A]`` / ``[..., N]`` in the env's own space.
+
+        Each agent's network sees only its observation, its id and its noise (plus, with
+        ``shared_noise``, the joint noise every agent regenerates from the shared seed ``key``).
+        """
+        a = self._policy(self.params["student"], key, observations, legal, mode)
+        return a if self.spec.discrete else from_unit(self.spec, a)
+
+    @functools.partial(jax.jit, static_argnames=("mode",))
+    def act_teacher(self, key, observations, states, legal, mode: str = "sample"):
+        """The joint teacher's actions (centralised: it needs the state), for analysis."""
+        shape = (*observations.shape[:-1], self._dim)
+        noise = jnp.zeros(shape) if mode == "zero" else jax.random.normal(key, shape)
+        lead = observations.shape[:-2]
+        flat = lambda x: None if x is None else x.reshape(-1, *x.shape[len(lead) :])  # noqa: E731
+        a = self.teacher_sample(
+            self.params["teacher"], flat(noise), flat(states), flat(observations), flat(legal)
+        )
+        a = a.reshape(*lead, *a.shape[1:])
+        return a if self.spec.discrete else from_unit(self.spec, a)

@@ -1,0 +1,334 @@
+"""The training loop, shared by every algorithm.
+
+The dataset goes to the device once. Each host call runs K updates (``log_every``) of every seed
+inside one jitted ``lax.scan``, the seeds ``vmap``ped side by side; the host then logs the
+averaged metrics, checks them for NaN/inf, evaluates the decentralised policy and writes an
+atomic checkpoint when due. Batches are drawn with keys derived from (seed, update number) and the
+agents carry their own RNG, so a resumed run repeats exactly what an uninterrupted one computes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import math
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from macflow import __version__
+from macflow.agents import ACT_MODES, get_agent
+from macflow.data import Sampler, load
+from macflow.envs import entry, make_env
+from macflow.evaluate import evaluate
+from macflow.runs import CHECKPOINT, RunLog, load_checkpoint, save_checkpoint, write_atomic
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Options of ``macflow train`` that do not belong to the algorithm."""
+
+    dataset: Path | None = None
+    """Dataset directory. Without it, ``--task``'s default scripted dataset is collected into
+    the cache (``~/.cache/macflow/datasets``) on first use."""
+    task: str | None = None
+    """Environment to evaluate in; defaults to the dataset's own (they must agree)."""
+    algo: str = "macflow"
+    """Algorithm (see ``macflow.agents.AGENTS``)."""
+    preset: str = "paper"
+    """The algorithm's preset whose values the ``--agent.*`` options default to."""
+    steps: int = 100_000
+    """Updates of the final (policy) stage; earlier stages (e.g. the teacher's) add their own."""
+    batch_size: int = 256
+    """Transitions per update and seed."""
+    seeds: tuple[int, ...] = (0,)
+    """Seeds trained side by side in one program (``vmap``), e.g. ``--seeds 0 1 2 3``."""
+    log_every: int = 1000
+    """K: updates per jitted call; metrics are averaged over them."""
+    eval_every: int = 10_000
+    """Evaluate the decentralised policy every this many updates of an evaluating stage
+    (a multiple of ``log_every``; 0 disables periodic evaluation)."""
+    eval_episodes: int = 32
+    """Episodes per periodic evaluation, per seed and noise mode."""
+    final_eval_factor: int = 10
+    """The final evaluation uses this many times ``eval_episodes``."""
+    checkpoint_every: int = 10_000
+    """Write a checkpoint every this many updates (a multiple of ``log_every``)."""
+    out: Path = Path("runs")
+    """Parent directory of run directories."""
+    name: str | None = None
+    """Run directory name (default: ``<task>-<algo>-<time>``)."""
+    resume: bool = False
+    """Continue the run in ``out/name`` from its checkpoint (``steps`` may be raised)."""
+    tensorboard: bool = False
+    """Also write TensorBoard event files (needs the ``tensorboard`` extra)."""
+    progress: bool = True
+    """Show a progress bar."""
+
+    def __post_init__(self):
+        for name in ("steps", "batch_size", "log_every", "eval_episodes", "final_eval_factor"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be >= 1")
+        for name in ("eval_every", "checkpoint_every"):
+            value = getattr(self, name)
+            if value < 0 or value % self.log_every:
+                raise ValueError(
+                    f"--{name.replace('_', '-')} ({value}) must be a multiple of --log-every "
+                    f"({self.log_every})"
+                )
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"--seeds must be distinct and non-empty, got {self.seeds}")
+
+
+class TrainingDiverged(RuntimeError):
+    """A loss became NaN or inf; the last good checkpoint is kept."""
+
+
+def default_dataset(task: str, episodes: int = 10_000) -> Path:
+    """``task``'s default scripted dataset in the cache, collected on first use."""
+    import os
+
+    from macflow.data import save
+    from macflow.data.collect import collect
+
+    root = Path(os.environ.get("MACFLOW_CACHE", Path.home() / ".cache" / "macflow"))
+    path = root / "datasets" / task.replace("/", "-") / "scripted"
+    if not (path / "meta.json").exists():
+        e = entry(task)
+        behaviour = e.behaviour_cls()
+        if behaviour is None:
+            raise ValueError(f"{task} has no scripted data generator; pass --dataset")
+        print(f"collecting the default dataset of {task} into {path}", file=sys.stderr)
+        save(collect(e.env_cls()(), behaviour(), episodes), path)
+    return path
+
+
+def _jsonable(obj: Any) -> Any:
+    if dataclasses.is_dataclass(obj):
+        obj = dataclasses.asdict(obj)
+    if isinstance(obj, dict):
+        return {k: _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+def _make_chunk(sampler_batch: int):
+    """The jitted K-update program ``(agents, sampler, keys, start) -> (agents, mean, finite)``."""
+
+    def chunk(agents, sampler, keys, start, stage, k):
+        def body(agents, i):
+            step_keys = jax.vmap(lambda key: jax.random.fold_in(key, start + i))(keys)
+            batch = jax.vmap(lambda key: sampler.sample(key, sampler_batch))(step_keys)
+            return jax.vmap(lambda a, b: a.update(b, stage))(agents, batch)
+
+        agents, infos = jax.lax.scan(body, agents, jnp.arange(k))
+        means = jax.tree.map(lambda x: x.mean(axis=0), infos)
+        finite = jax.tree.map(lambda x: jnp.isfinite(x).all(axis=0), infos)
+        return agents, means, finite
+
+    return jax.jit(chunk, static_argnames=("stage", "k"))
+
+
+@dataclasses.dataclass
+class Run:
+    """What ``train`` returns: where it wrote and the final evaluation."""
+
+    path: Path
+    final: dict[str, Any] | None
+
+
+def train(cfg: TrainConfig, agent_config: Any, console=None) -> Run:
+    """Train ``cfg.algo`` with ``agent_config``; see the module docstring."""
+    if cfg.dataset is None and cfg.task is None:
+        raise ValueError("give --dataset DIR or --task ID (its default dataset is collected)")
+    dataset_path = cfg.dataset or default_dataset(cfg.task)
+    ds = load(dataset_path)
+    spec = ds.spec
+    if cfg.task is not None and cfg.task != spec.env_id:
+        raise ValueError(f"--task {cfg.task} does not match the dataset's task {spec.env_id}")
+    try:
+        env = make_env(spec.env_id, **ds.env_kwargs)
+    except KeyError:
+        env = None  # an imported dataset of a task macflow cannot run: train without evaluation
+    agent_cls = get_agent(cfg.algo)
+    stages = agent_cls.stages(agent_config, cfg.steps)
+    seeds = list(cfg.seeds)
+
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    name = cfg.name or f"{spec.env_id.replace('/', '-')}-{cfg.algo}-{stamp}"
+    run = Path(cfg.out) / name
+    record = {
+        "macflow_version": __version__,
+        "command": "macflow " + shlex.join(sys.argv[1:]),
+        "algo": cfg.algo,
+        "train": _jsonable(cfg) | {"dataset": str(Path(dataset_path).absolute())},
+        "agent": _jsonable(agent_config),
+        "dataset": {
+            "checksum": ds.checksum,
+            "env_id": spec.env_id,
+            "quality": ds.quality,
+            "stats": ds.stats(),
+            "env_kwargs": dict(ds.env_kwargs),
+        },
+        "spec": spec.to_dict(),
+        "stages": [s._asdict() for s in stages],
+    }
+    keys = jnp.stack([jax.random.PRNGKey(s) for s in seeds])
+    agents = jax.jit(jax.vmap(lambda k: agent_cls.create(k, spec, agent_config)))(keys)
+    data_keys = jax.vmap(lambda k: jax.random.fold_in(k, 0x5EED))(keys)
+    step = 0
+    if cfg.resume:
+        if not (run / CHECKPOINT).exists():
+            raise ValueError(f"--resume: no checkpoint at {run / CHECKPOINT}")
+        old = json.loads((run / "config.json").read_text())
+        for key in ("algo", "agent", "dataset", "spec"):
+            if old[key] != json.loads(json.dumps(record[key])):
+                raise ValueError(f"--resume: the run's {key} differs from this command's")
+        for key in ("seeds", "batch_size", "log_every"):
+            if old["train"][key] != record["train"][key]:
+                raise ValueError(
+                    f"--resume: --{key.replace('_', '-')} must stay {old['train'][key]}"
+                )
+        agents, step = load_checkpoint(run, agents)
+    elif run.exists():
+        raise ValueError(f"{run} exists; pass --resume to continue it or choose another --name")
+    run.mkdir(parents=True, exist_ok=True)
+    write_atomic(run / "config.json", json.dumps(record, indent=2))
+
+    sampler = Sampler.from_dataset(ds)
+    chunk = _make_chunk(cfg.batch_size)
+    example = sampler.sample(jax.random.PRNGKey(0), 2)
+    abstract = jax.eval_shape(lambda k: agent_cls.create(k, spec, agent_config), keys[0])
+    columns: list[str] = []
+    for stage in stages:
+        info = jax.eval_shape(lambda a, b, s=stage.name: a.update(b, s)[1], abstract, example)
+        columns += [k for k in info if k not in columns]
+    log = RunLog(run, columns, cfg.tensorboard)
+    if cfg.resume:
+        log.truncate_after(step)
+    else:
+        save_checkpoint(run, agents, 0)
+    last_good = step
+
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    total = sum(s.steps for s in stages)
+    bar = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(bar_width=20),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]}"),
+        TimeElapsedColumn(),
+        TextColumn("eta"),
+        TimeRemainingColumn(),
+        TextColumn("{task.fields[eval]}"),
+        console=console,
+        disable=not cfg.progress,
+    )
+    eval_key = jax.random.PRNGKey(0xE7A1)
+    reference = ds.reference_returns
+    latest_eval = ""
+    with bar:
+        task = bar.add_task(name, total=total, completed=step, rate="", eval="")
+        offset = 0
+        for stage in stages:
+            end = offset + stage.steps
+            while step < end:
+                k = min(cfg.log_every, end - step)
+                t0 = time.perf_counter()
+                agents, means, finite = chunk(agents, sampler, data_keys, step, stage.name, k)
+                means, finite = jax.device_get((means, finite))
+                dt = time.perf_counter() - t0
+                for metric, ok in finite.items():
+                    bad = np.flatnonzero(~np.asarray(ok))
+                    if bad.size:
+                        raise TrainingDiverged(
+                            f"loss '{metric}' became NaN/inf for seed {seeds[bad[0]]} between "
+                            f"updates {step} and {step + k} (stage {stage.name}); stopped. The "
+                            f"last good checkpoint is {run / CHECKPOINT} (update {last_good}); "
+                            "lower the learning rate or check the data's scale."
+                        )
+                step += k
+                per_seed = [{m: float(v[i]) for m, v in means.items()} for i in range(len(seeds))]
+                log.train(step, stage.name, per_seed, seeds)
+                due = cfg.eval_every and (step - offset) % cfg.eval_every == 0
+                if env is not None and stage.evaluate and due:
+                    for mode in ACT_MODES:
+                        key = jax.random.fold_in(eval_key, step)
+                        res = evaluate(env, agents, key, cfg.eval_episodes, mode, reference)
+                        log.evaluation(step, mode, res, seeds)
+                        if mode == "sample":
+                            log.marl_eval(spec.env_id, cfg.algo, step, res, seeds)
+                            latest_eval = f"return {np.mean([r['return_mean'] for r in res]):.4g}"
+                if (cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or step == end:
+                    save_checkpoint(run, agents, step)
+                    last_good = step
+                bar.update(task, completed=step, rate=f"{k / dt:,.0f} upd/s", eval=latest_eval)
+            offset = end
+
+    final = None
+    if env is not None and stages[-1].evaluate:
+        episodes = cfg.eval_episodes * cfg.final_eval_factor
+        final = {"step": step, "episodes": episodes, "seeds": seeds, "modes": {}}
+        for mode in ACT_MODES:
+            key = jax.random.fold_in(eval_key, 0xF1AA1)
+            res = evaluate(env, agents, key, episodes, mode, reference, chunk=cfg.eval_episodes)
+            final["modes"][mode] = [{k: v for k, v in r.items() if k != "returns"} for r in res]
+            log.evaluation(step, f"final-{mode}", res, seeds)
+            if mode == "sample":
+                log.marl_eval(spec.env_id, cfg.algo, step, res, seeds, absolute=True)
+        final["behaviour"] = {k: v for k, v in ds.stats().items() if k.startswith("return")}
+        write_atomic(run / "final.json", json.dumps(final, indent=2))
+    log.close()
+    return Run(run, final)
+
+
+def summarise(final: dict[str, Any], mode: str) -> tuple[float, float]:
+    """Mean and std over seeds of the per-seed mean return."""
+    means = [r["return_mean"] for r in final["modes"][mode]]
+    return float(np.mean(means)), float(np.std(means)) if len(means) > 1 else math.nan
+
+
+def config_from_json(cls: type, data: dict[str, Any]) -> Any:
+    """Rebuild a frozen config dataclass from its JSON form (lists back to tuples)."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for k, v in data.items():
+        if k not in fields:
+            raise ValueError(f"{cls.__name__} has no field {k!r}")
+        kwargs[k] = tuple(v) if isinstance(v, list) else v
+    return cls(**kwargs)
+
+
+def load_run(run: Path):
+    """``(record, agent_cls, agent_config, agents, step)`` of a run directory's checkpoint."""
+    run = Path(run)
+    if not (run / "config.json").exists():
+        raise ValueError(f"{run} is not a run directory (no config.json)")
+    record = json.loads((run / "config.json").read_text())
+    agent_cls = get_agent(record["algo"])
+    agent_config = config_from_json(agent_cls.Config, record["agent"])
+    from macflow.envs.base import EnvSpec
+
+    spec = EnvSpec.from_dict(record["spec"])
+    keys = jnp.stack([jax.random.PRNGKey(s) for s in record["train"]["seeds"]])
+    template = jax.jit(jax.vmap(lambda k: agent_cls.create(k, spec, agent_config)))(keys)
+    agents, step = load_checkpoint(run, template)
+    return record, agent_cls, agent_config, agents, step
