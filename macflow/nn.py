@@ -97,11 +97,14 @@ class Student(nn.Module):
     layer_norm: bool = False
 
     @nn.compact
-    def __call__(self, obs: Array, noise: Array, shared: Array | None = None) -> Array:
-        *batch, n, _ = obs.shape
-        parts = [obs, agent_ids(tuple(batch), n), noise]
+    def __call__(self, obs: Array, ids: Array, noise: Array, shared: Array | None = None) -> Array:
+        """``obs [..., O]``, one-hot ``ids [..., N]``, ``noise [..., D]`` with alike leading
+        axes (``[B, N]`` for a team, none for one agent); ``shared`` has no agent axis."""
+        parts = [obs, ids, noise]
         if shared is not None:
-            parts.append(jnp.broadcast_to(shared[..., None, :], (*batch, n, shared.shape[-1])))
+            if obs.ndim > shared.ndim:  # a team: every agent gets the same shared latent
+                shared = jnp.broadcast_to(shared[..., None, :], (*obs.shape[:-1], shared.shape[-1]))
+            parts.append(shared)
         return MLP(self.hidden, self.out, self.layer_norm)(jnp.concatenate(parts, axis=-1))
 
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import functools
 import json
-import math
 import shlex
 import sys
 import time
@@ -123,13 +123,14 @@ def _jsonable(obj: Any) -> Any:
 
 
 def _make_chunk(sampler_batch: int):
-    """The jitted K-update program ``(agents, sampler, keys, start) -> (agents, mean, finite)``."""
+    """The jitted K-update program ``(agents, aux, sampler, keys, start) -> (agents, mean,
+    finite)``; ``aux`` is each seed's stage precomputation (or None)."""
 
-    def chunk(agents, sampler, keys, start, stage, k):
+    def chunk(agents, aux, sampler, keys, start, stage, k):
         def body(agents, i):
             step_keys = jax.vmap(lambda key: jax.random.fold_in(key, start + i))(keys)
             batch = jax.vmap(lambda key: sampler.sample(key, sampler_batch))(step_keys)
-            return jax.vmap(lambda a, b: a.update(b, stage))(agents, batch)
+            return jax.vmap(lambda a, x, b: a.update(b, stage, x))(agents, aux, batch)
 
         agents, infos = jax.lax.scan(body, agents, jnp.arange(k))
         means = jax.tree.map(lambda x: x.mean(axis=0), infos)
@@ -137,6 +138,11 @@ def _make_chunk(sampler_batch: int):
         return agents, means, finite
 
     return jax.jit(chunk, static_argnames=("stage", "k"))
+
+
+@functools.partial(jax.jit, static_argnames=("stage",))
+def _prepare(agents, sampler, stage: str):
+    return jax.vmap(lambda a: a.prepare(sampler, stage))(agents)
 
 
 @dataclasses.dataclass
@@ -250,10 +256,14 @@ def train(cfg: TrainConfig, agent_config: Any, console=None) -> Run:
         offset = 0
         for stage in stages:
             end = offset + stage.steps
+            aux = None
+            if stage.prepare and step < end:
+                bar.update(task, rate=f"preparing {stage.name}")
+                aux = _prepare(agents, sampler, stage.name)
             while step < end:
                 k = min(cfg.log_every, end - step)
                 t0 = time.perf_counter()
-                agents, means, finite = chunk(agents, sampler, data_keys, step, stage.name, k)
+                agents, means, finite = chunk(agents, aux, sampler, data_keys, step, stage.name, k)
                 means, finite = jax.device_get((means, finite))
                 dt = time.perf_counter() - t0
                 for metric, ok in finite.items():
@@ -298,12 +308,6 @@ def train(cfg: TrainConfig, agent_config: Any, console=None) -> Run:
         write_atomic(run / "final.json", json.dumps(final, indent=2))
     log.close()
     return Run(run, final)
-
-
-def summarise(final: dict[str, Any], mode: str) -> tuple[float, float]:
-    """Mean and std over seeds of the per-seed mean return."""
-    means = [r["return_mean"] for r in final["modes"][mode]]
-    return float(np.mean(means)), float(np.std(means)) if len(means) > 1 else math.nan
 
 
 def config_from_json(cls: type, data: dict[str, Any]) -> Any:

@@ -257,3 +257,22 @@ def test_resume_continues_exactly(tmp_path):
     jax.tree.map(np.testing.assert_array_equal, a, b)
     metrics = (second.path / "metrics.csv").read_text().splitlines()
     assert metrics == (straight.path / "metrics.csv").read_text().splitlines()
+
+
+@pytest.mark.parametrize("discrete", [True, False])
+@pytest.mark.parametrize("shared", [False, True])
+def test_one_agent_acting_alone_matches_its_slice_of_the_team(discrete, shared):
+    spec = builders.spec(discrete)
+    agent = MACFlow.create(
+        jax.random.PRNGKey(0), spec, dataclasses.replace(TINY, shared_noise=shared)
+    )
+    obs = jax.random.normal(jax.random.PRNGKey(1), (1, spec.num_agents, spec.obs_dim))
+    legal = jnp.ones((1, spec.num_agents, spec.action_dim), bool) if discrete else None
+    for mode in ("sample", "zero"):
+        for key in jax.random.split(jax.random.PRNGKey(2), 4):
+            team = agent.act(key, obs, legal, mode)[0]
+            for i in range(spec.num_agents):
+                alone = agent.act_agent(
+                    key, i, obs[0, i], None if legal is None else legal[0, i], mode
+                )
+                np.testing.assert_allclose(alone, team[i], rtol=1e-5, atol=1e-6)

@@ -30,6 +30,7 @@ def _check_transitions(b, discrete):
     t = _step_of(b.observations).astype(int)
     nxt = _step_of(b.next_observations)
     np.testing.assert_array_equal(np.asarray(b.states)[:, 0], t)
+    np.testing.assert_array_equal(np.asarray(b.index), t)
     for k, step in enumerate(t):
         if step in ENDS:
             # The observation after the episode, never the next episode's first step.

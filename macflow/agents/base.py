@@ -4,7 +4,8 @@ An agent is an immutable ``flax.struct.PyTreeNode`` (fql's shape) with
 
     Agent.create(key, spec, config)           -> agent
     Agent.stages(config, steps)               -> [Stage, ...]   the training schedule
-    agent.update(batch, stage)                -> (agent, info)  jittable, ``stage`` static
+    agent.prepare(sampler, stage)             -> aux            per-stage precomputation
+    agent.update(batch, stage, aux)           -> (agent, info)  jittable, ``stage`` static
     agent.act(key, observations, legal, mode) -> env actions    decentralised, jittable
 
 and the class attributes ``Config`` (a frozen dataclass) and ``presets`` (name -> function of the
@@ -35,6 +36,10 @@ class Stage(NamedTuple):
     """Number of updates in this stage."""
     evaluate: bool
     """Whether the policy is worth evaluating during this stage."""
+    prepare: bool = False
+    """Call ``agent.prepare(sampler, name)`` when the stage starts (or resumes) and pass its
+    result to every ``update`` of the stage as ``aux`` (e.g. cached teacher targets). ``aux`` is
+    recomputed, never checkpointed."""
 
 
 class Agent(Protocol):
@@ -47,7 +52,9 @@ class Agent(Protocol):
     @classmethod
     def stages(cls, config: Any, steps: int) -> list[Stage]: ...
 
-    def update(self, batch: Any, stage: str) -> tuple[Agent, dict[str, Array]]: ...
+    def prepare(self, sampler: Any, stage: str) -> Any: ...
+
+    def update(self, batch: Any, stage: str, aux: Any = None) -> tuple[Agent, dict[str, Array]]: ...
 
     def act(self, key: Array, observations: Array, legal: Array | None, mode: str) -> Array: ...
 

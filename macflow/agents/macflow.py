@@ -36,7 +36,7 @@ from flax import struct
 
 from macflow.agents.base import Stage, adam_step, from_unit, masked_logits, polyak, to_unit
 from macflow.envs.base import EnvSpec
-from macflow.nn import Critic, JointVelocity, PerAgentVelocity, QMixer, Student
+from macflow.nn import Critic, JointVelocity, PerAgentVelocity, QMixer, Student, agent_ids
 
 Array = jax.Array
 
@@ -81,12 +81,22 @@ class MACFlowConfig:
     every loss from the first update (the public code)."""
     teacher_steps: int = 100_000
     """Updates of stage 1 (two-stage schedule only)."""
+    teacher_cache: int = 4
+    """Two-stage only: when stage 2 starts, the frozen teacher's actions are computed once for
+    this many noise draws per dataset row and looked up afterwards (the noise is regenerated from
+    a stored key, so only the targets take memory). 0: run the teacher on every update."""
     lr: float = 3e-4
     """Adam learning rate of every network."""
 
     def __post_init__(self):
-        if self.flow_steps < 1 or self.critic_heads < 1 or self.teacher_steps < 0:
-            raise ValueError(f"need flow_steps, critic_heads >= 1 and teacher_steps >= 0: {self}")
+        if (
+            self.flow_steps < 1
+            or self.critic_heads < 1
+            or min(self.teacher_steps, self.teacher_cache) < 0
+        ):
+            raise ValueError(
+                f"need flow_steps, critic_heads >= 1, teacher_steps/cache >= 0: {self}"
+            )
 
 
 def _paper(spec: EnvSpec) -> MACFlowConfig:
@@ -112,6 +122,9 @@ class MACFlow(struct.PyTreeNode):
     """Teacher, students, critic (+ mixer) and their targets, optimiser states and RNG."""
 
     rng: Array
+    cache_key: Array
+    """Fixed at creation: the noise of the teacher cache must not depend on when it is built
+    (a resumed run rebuilds it and must see the same draws)."""
     params: dict[str, Any]
     target: dict[str, Any]
     opt: dict[str, Any]
@@ -146,12 +159,12 @@ class MACFlow(struct.PyTreeNode):
         obs = jnp.zeros((1, n, spec.obs_dim))
         state = jnp.zeros((1, spec.state_dim))
         x = jnp.zeros((1, n, d))
-        shell = cls(rng=key, params={}, target={}, opt={}, config=config, spec=spec)
+        shell = cls(rng=key, cache_key=key, params={}, target={}, opt={}, config=config, spec=spec)
         k_t, k_s, k_c, k_m, rng = jax.random.split(key, 5)
         shared = x.reshape(1, -1) if config.shared_noise else None
         params = {
             "teacher": shell._teacher().init(k_t, x, jnp.zeros(1), state, obs),
-            "student": shell._student().init(k_s, obs, x, shared),
+            "student": shell._student().init(k_s, obs, agent_ids((1,), n), x, shared),
             "critic": shell._critic().init(k_c, obs, None if spec.discrete else x),
             "mixer": QMixer().init(k_m, jnp.zeros((1, n)), state) if config.mixer == "qmix" else {},
         }
@@ -161,12 +174,14 @@ class MACFlow(struct.PyTreeNode):
             "critic": optax.adam(config.lr).init((params["critic"], params["mixer"])),
         }
         target = {"critic": params["critic"], "mixer": params["mixer"]}
-        return shell.replace(rng=rng, params=params, target=target, opt=opt)
+        cache_key = jax.random.fold_in(key, 0xCAC4E)
+        return shell.replace(rng=rng, cache_key=cache_key, params=params, target=target, opt=opt)
 
     @classmethod
     def stages(cls, config: MACFlowConfig, steps: int) -> list[Stage]:
         if config.schedule == "two-stage":
-            return [Stage("teacher", config.teacher_steps, False), Stage("policy", steps, True)]
+            policy = Stage("policy", steps, True, prepare=config.teacher_cache > 0)
+            return [Stage("teacher", config.teacher_steps, False), policy]
         return [Stage("all", steps, True)]
 
     # --- the pieces of the method ------------------------------------------------------------
@@ -196,7 +211,8 @@ class MACFlow(struct.PyTreeNode):
 
     def _student_out(self, params, obs: Array, noise: Array) -> Array:
         shared = noise.reshape(*noise.shape[:-2], -1) if self.config.shared_noise else None
-        return self._student().apply(params, obs, noise, shared)
+        ids = agent_ids(obs.shape[:-2], self.spec.num_agents)
+        return self._student().apply(params, obs, ids, noise, shared)
 
     def _policy(self, params, key, obs, legal, mode: str) -> Array:
         """Students' actions in the agent's own space: [-1, 1] vectors, or indices."""
@@ -224,6 +240,56 @@ class MACFlow(struct.PyTreeNode):
         if self.config.mixer == "vdn-mean":
             return q.mean(axis=-1)
         return QMixer().apply(params, q, states)
+
+    # --- the frozen teacher's cached targets (two-stage) ---------------------------------------
+
+    def _cache_noise(self, key: Array, row: Array) -> Array:
+        """The ``[M, N, D]`` noise draws of one dataset row, regenerated from the cache key."""
+        shape = (self.config.teacher_cache, self.spec.num_agents, self._dim)
+        return jax.random.normal(jax.random.fold_in(key, row), shape)
+
+    def prepare(self, sampler, stage: str):
+        """Stage 2: the frozen teacher's actions for M noise draws of every dataset row."""
+        m = self.config.teacher_cache
+        if stage != "policy" or m == 0:
+            return None
+        key = self.cache_key
+        rows_total = sampler.num_transitions
+        size = min(1024, rows_total)
+
+        def block(i):
+            rows = jnp.minimum(i * size + jnp.arange(size), rows_total - 1)
+            b = sampler.gather(rows)
+            noise = jax.vmap(lambda r: self._cache_noise(key, r))(rows)  # [C, M, N, D]
+            rep = lambda x: None if x is None else jnp.repeat(x, m, axis=0)  # noqa: E731
+            flat = noise.reshape(size * m, *noise.shape[2:])
+            out = self.teacher_sample(
+                self.params["teacher"],
+                flat,
+                rep(b.states),
+                rep(b.observations),
+                rep(b.legal_actions),
+            )
+            return out.reshape(size, m, *out.shape[1:])
+
+        blocks = jax.lax.map(block, jnp.arange(-(-rows_total // size)))
+        targets = blocks.reshape(-1, *blocks.shape[2:])[:rows_total]
+        if self.spec.discrete:  # labels are small integers: keep the cache compact
+            targets = targets.astype(jnp.int8 if self._dim <= 127 else jnp.int16)
+        return {"key": key, "targets": targets}
+
+    def _distill_pair(self, batch, key, aux) -> tuple[Array, Array]:
+        """Joint noise ``[B, N, D]`` and the frozen teacher's action for it."""
+        if aux is None:
+            noise = jax.random.normal(key, (*batch.observations.shape[:-1], self._dim))
+            teacher = self.teacher_sample(
+                self.params["teacher"], noise, batch.states, batch.observations, batch.legal_actions
+            )
+            return noise, jax.lax.stop_gradient(teacher)
+        draw = jax.random.randint(key, batch.index.shape, 0, self.config.teacher_cache)
+        noise = jax.vmap(lambda r, j: self._cache_noise(aux["key"], r)[j])(batch.index, draw)
+        teacher = aux["targets"][batch.index, draw]
+        return noise, teacher.astype(jnp.int32) if self.spec.discrete else teacher
 
     # --- losses -------------------------------------------------------------------------------
 
@@ -261,15 +327,10 @@ class MACFlow(struct.PyTreeNode):
         loss = (((q - y) ** 2).mean(axis=0) * batch.valid).sum() / batch.valid.sum()
         return loss, {"critic/td_loss": loss, "critic/q_mean": q.mean(), "critic/target": y.mean()}
 
-    def actor_loss(self, student, batch, key) -> tuple[Array, dict]:
+    def actor_loss(self, student, batch, key, aux=None) -> tuple[Array, dict]:
         c = self.config
-        noise = jax.random.normal(key, (*batch.observations.shape[:-1], self._dim))
         legal = batch.legal_actions
-        teacher = jax.lax.stop_gradient(
-            self.teacher_sample(
-                self.params["teacher"], noise, batch.states, batch.observations, legal
-            )
-        )
+        noise, teacher = self._distill_pair(batch, key, aux)
         out = self._student_out(student, batch.observations, noise)
         critic = self.params["critic"]
         if self.spec.discrete:
@@ -303,8 +364,9 @@ class MACFlow(struct.PyTreeNode):
     # --- the interface ------------------------------------------------------------------------
 
     @functools.partial(jax.jit, static_argnames=("stage",))
-    def update(self, batch, stage: str) -> tuple[MACFlow, dict[str, Array]]:
-        """One update of the networks that ``stage`` trains (teacher / policy / all)."""
+    def update(self, batch, stage: str, aux=None) -> tuple[MACFlow, dict[str, Array]]:
+        """One update of the networks that ``stage`` trains (teacher / policy / all); ``aux`` is
+        :meth:`prepare`'s cache of teacher targets, if any."""
         lr = self.config.lr
         rng, k_flow, k_critic, k_actor = jax.random.split(self.rng, 4)
         params, opt, target, info = dict(self.params), dict(self.opt), self.target, {}
@@ -318,7 +380,9 @@ class MACFlow(struct.PyTreeNode):
             cm = (params["critic"], params["mixer"])
             grads, i = jax.grad(self.critic_loss, has_aux=True)(cm, batch, k_critic)
             info.update(i)
-            grads_s, i = jax.grad(self.actor_loss, has_aux=True)(params["student"], batch, k_actor)
+            grads_s, i = jax.grad(self.actor_loss, has_aux=True)(
+                params["student"], batch, k_actor, aux
+            )
             info.update(i)
             (params["critic"], params["mixer"]), opt["critic"] = adam_step(
                 lr, cm, grads, opt["critic"]
@@ -339,6 +403,29 @@ class MACFlow(struct.PyTreeNode):
         """
         a = self._policy(self.params["student"], key, observations, legal, mode)
         return a if self.spec.discrete else from_unit(self.spec, a)
+
+    @functools.partial(jax.jit, static_argnames=("agent", "mode"))
+    def act_agent(
+        self, key: Array, agent: int, observation: Array, legal: Array | None, mode: str = "sample"
+    ):
+        """What agent ``agent`` runs on its own device: one forward of its student on its own
+        observation ``[O]`` (and legal mask ``[A]``). ``key`` is the agent's own key, or the
+        team's shared seed with ``shared_noise``; the result equals its slice of :meth:`act`."""
+        n = self.spec.num_agents
+        shape = (n, self._dim)
+        noise = jnp.zeros(shape) if mode == "zero" else jax.random.normal(key, (1, *shape))[0]
+        shared = noise.reshape(-1) if self.config.shared_noise else None
+        out = self._student().apply(
+            self.params["student"], observation, jax.nn.one_hot(agent, n), noise[agent], shared
+        )
+        if not self.spec.discrete:
+            return from_unit(self.spec, jnp.tanh(out))
+        logits = masked_logits(out, legal)
+        if mode == "zero":
+            return jnp.argmax(logits, axis=-1)
+        # The same categorical draw as act's: its key, at this agent's position.
+        draws = jax.random.categorical(jax.random.fold_in(key, 1), logits, shape=(1, n))
+        return draws[0, agent]
 
     @functools.partial(jax.jit, static_argnames=("mode",))
     def act_teacher(self, key, observations, states, legal, mode: str = "sample"):

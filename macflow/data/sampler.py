@@ -39,6 +39,7 @@ class Batch(struct.PyTreeNode):
     next_states: Array  # [B, S]
     next_legal_actions: Array | None  # [B, N, A] bool | None
     valid: Array  # [B] float32: 1 for real steps, 0 for window padding
+    index: Array  # [B] int32: the dataset row of each transition
 
 
 class Sampler(struct.PyTreeNode):
@@ -109,6 +110,7 @@ class Sampler(struct.PyTreeNode):
             next_states=following(self.states, self.final_states),
             next_legal_actions=following(self.legal_actions, self.final_legal_actions),
             valid=jnp.ones(idx.shape, jnp.float32),
+            index=idx.astype(jnp.int32),
         )
 
     @functools.partial(jax.jit, static_argnames=("batch_size",))
