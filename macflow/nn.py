@@ -32,8 +32,12 @@ class MLP(nn.Module):
         return nn.Dense(self.out, kernel_init=_INIT)(x)
 
 
-def time_features(t: Array, freqs: int = 8) -> Array:
-    """``[..., 1 + 2 * freqs]``: t itself and sin/cos(pi 2^k t) for k < freqs."""
+def time_features(t: Array, freqs: int = 3) -> Array:
+    """``[..., 1 + 2 * freqs]``: t itself and sin/cos(pi 2^k t) for k < freqs.
+
+    Few, low frequencies: on toy/landmarks (20k updates, 3x256) the joint teacher's zero-noise
+    actions correlated 0.77 with the data with 3 frequencies and 0.66 with 8.
+    """
     scales = jnp.pi * 2.0 ** jnp.arange(freqs)
     angles = t[..., None] * scales
     return jnp.concatenate([t[..., None], jnp.sin(angles), jnp.cos(angles)], axis=-1)
