@@ -109,3 +109,12 @@ def test_train_on_a_task_collects_its_default_dataset(tmp_path, monkeypatch):
     assert (tmp_path / "cache" / "datasets" / "toy-xor" / "scripted" / "meta.json").exists()
     config = json.loads((tmp_path / "x" / "config.json").read_text())
     assert config["dataset"]["env_id"] == "toy/xor"
+
+
+def test_tensorboard_event_files(coord, tmp_path):
+    run(
+        "train", "--dataset", str(coord), "--steps", "10", "--log-every", "10", "--eval-episodes",
+        "2", "--out", str(tmp_path), "--name", "tb", "--tensorboard", *TINY,
+    )  # fmt: skip
+    events = list((tmp_path / "tb" / "tensorboard").glob("events.out.tfevents.*"))
+    assert events and events[0].stat().st_size > 0
