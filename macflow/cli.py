@@ -17,18 +17,11 @@ from typing import Annotated, Generic, TypeVar, Union
 import numpy as np
 import tyro
 from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
 from rich.table import Table
 from tyro.extras import SubcommandApp
 
 from macflow import __version__
+from macflow.progress import progress_bar
 from macflow.train import TrainConfig
 
 console = Console()
@@ -43,19 +36,6 @@ def enable_compile_cache() -> None:
     cache = Path(os.environ.get("MACFLOW_CACHE", Path.home() / ".cache" / "macflow")) / "jax"
     jax.config.update("jax_compilation_cache_dir", str(cache))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
-
-
-def progress() -> Progress:
-    return Progress(
-        TextColumn("{task.description}"),
-        BarColumn(bar_width=24),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TextColumn("eta"),
-        TimeRemainingColumn(),
-        console=console,
-        transient=False,
-    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,7 +88,7 @@ def run_collect(args: CollectArgs):
 
     env, behaviour = args.env, args.behaviour
     command = "macflow " + shlex.join(_ARGV)
-    with progress() as bar:
+    with progress_bar(console=console) as bar:
         task = bar.add_task(f"collect {env.spec.env_id}", total=args.episodes)
         ds = collect(
             env,

@@ -28,6 +28,7 @@ from macflow.agents import ACT_MODES, get_agent
 from macflow.data import Sampler, load
 from macflow.envs import entry, make_env
 from macflow.evaluate import evaluate
+from macflow.progress import progress_bar
 from macflow.runs import CHECKPOINT, RunLog, load_checkpoint, save_checkpoint, write_atomic
 
 
@@ -226,28 +227,8 @@ def train(cfg: TrainConfig, agent_config: Any, console=None) -> Run:
         save_checkpoint(run, agents, 0)
     last_good = step
 
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
     total = sum(s.steps for s in stages)
-    bar = Progress(
-        TextColumn("{task.description}"),
-        BarColumn(bar_width=20),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[rate]}"),
-        TimeElapsedColumn(),
-        TextColumn("eta"),
-        TimeRemainingColumn(),
-        TextColumn("{task.fields[eval]}"),
-        console=console,
-        disable=not cfg.progress,
-    )
+    bar = progress_bar("rate", "eval", console=console, disable=not cfg.progress)
     eval_key = jax.random.PRNGKey(0xE7A1)
     reference = ds.reference_returns
     latest_eval = ""
