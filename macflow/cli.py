@@ -384,7 +384,10 @@ def evaluate_run(run: Path, episodes: int | None = None, seed: int = 0) -> dict:
     from macflow.train import load_run
 
     record, _, _, agents, step = load_run(run)
-    env = make_env(record["dataset"]["env_id"], **record["dataset"]["env_kwargs"])
+    try:
+        env = make_env(record["dataset"]["env_id"], **record["dataset"]["env_kwargs"])
+    except KeyError as err:
+        raise ValueError(f"{run} cannot be evaluated: {err.args[0]}") from err
     train = record["train"]
     episodes = episodes or train["eval_episodes"] * train["final_eval_factor"]
     reference = None
