@@ -20,7 +20,7 @@ from rich.console import Console
 from rich.table import Table
 from tyro.extras import SubcommandApp
 
-from macflow import __version__
+from macflow import __version__, cache_root
 from macflow.progress import progress_bar
 from macflow.train import TrainConfig
 
@@ -33,7 +33,7 @@ def enable_compile_cache() -> None:
     """Reuse compiled XLA programs across processes (compile time dominates short runs)."""
     import jax
 
-    cache = Path(os.environ.get("MACFLOW_CACHE", Path.home() / ".cache" / "macflow")) / "jax"
+    cache = cache_root() / "jax"
     jax.config.update("jax_compilation_cache_dir", str(cache))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
 

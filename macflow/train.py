@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from macflow import __version__
+from macflow import __version__, cache_root
 from macflow.agents import ACT_MODES, get_agent
 from macflow.data import Sampler, load
 from macflow.envs import entry, make_env
@@ -94,13 +94,10 @@ class TrainingDiverged(RuntimeError):
 
 def default_dataset(task: str, episodes: int = 10_000) -> Path:
     """``task``'s default scripted dataset in the cache, collected on first use."""
-    import os
-
     from macflow.data import save
     from macflow.data.collect import collect
 
-    root = Path(os.environ.get("MACFLOW_CACHE", Path.home() / ".cache" / "macflow"))
-    path = root / "datasets" / task.replace("/", "-") / "scripted"
+    path = cache_root() / "datasets" / task.replace("/", "-") / "scripted"
     if not (path / "meta.json").exists():
         e = entry(task)
         behaviour = e.behaviour_cls()

@@ -99,6 +99,11 @@ class MACFlowConfig:
             )
 
 
+def _noise(key: Array, shape: tuple[int, ...], mode: str) -> Array:
+    """Joint noise of the acting mode: zeros (``zero``) or a Gaussian draw (``sample``)."""
+    return jnp.zeros(shape) if mode == "zero" else jax.random.normal(key, shape)
+
+
 def _paper(spec: EnvSpec) -> MACFlowConfig:
     return MACFlowConfig(alpha=3.0 if spec.discrete else 1.0)
 
@@ -217,7 +222,7 @@ class MACFlow(struct.PyTreeNode):
     def _policy(self, params, key, obs, legal, mode: str) -> Array:
         """Students' actions in the agent's own space: [-1, 1] vectors, or indices."""
         shape = (*obs.shape[:-1], self._dim)
-        noise = jnp.zeros(shape) if mode == "zero" else jax.random.normal(key, shape)
+        noise = _noise(key, shape, mode)
         out = self._student_out(params, obs, noise)
         if not self.spec.discrete:
             return jnp.tanh(out)
@@ -413,7 +418,7 @@ class MACFlow(struct.PyTreeNode):
         team's shared seed with ``shared_noise``; the result equals its slice of :meth:`act`."""
         n = self.spec.num_agents
         shape = (n, self._dim)
-        noise = jnp.zeros(shape) if mode == "zero" else jax.random.normal(key, (1, *shape))[0]
+        noise = _noise(key, (1, *shape), mode)[0]  # drawn as act draws it for one environment
         shared = noise.reshape(-1) if self.config.shared_noise else None
         out = self._student().apply(
             self.params["student"], observation, jax.nn.one_hot(agent, n), noise[agent], shared
@@ -431,7 +436,7 @@ class MACFlow(struct.PyTreeNode):
     def act_teacher(self, key, observations, states, legal, mode: str = "sample"):
         """The joint teacher's actions (centralised: it needs the state), for analysis."""
         shape = (*observations.shape[:-1], self._dim)
-        noise = jnp.zeros(shape) if mode == "zero" else jax.random.normal(key, shape)
+        noise = _noise(key, shape, mode)
         lead = observations.shape[:-2]
         flat = lambda x: None if x is None else x.reshape(-1, *x.shape[len(lead) :])  # noqa: E731
         a = self.teacher_sample(
