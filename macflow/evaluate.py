@@ -15,6 +15,7 @@ import jax
 import numpy as np
 
 from macflow.envs.base import Env
+from macflow.envs.host import host_rollout
 from macflow.envs.rollout import make_rollout
 
 
@@ -28,6 +29,31 @@ def _evaluator(env: Env, episodes: int, mode: str):
 
     run = make_rollout(env, init, act, episodes, record=False)
     return jax.jit(jax.vmap(run))
+
+
+@functools.lru_cache(maxsize=32)
+def _host_act(mode: str):
+    # Host envs: one batched call per step over every seed's episodes, seed-major.
+    def act(agents, key, ts):
+        seeds = jax.tree.leaves(agents)[0].shape[0]
+        obs = ts.observations.reshape(seeds, -1, *ts.observations.shape[1:])
+        legal = ts.legal_actions
+        if legal is not None:
+            legal = legal.reshape(seeds, -1, *legal.shape[1:])
+        keys = jax.random.split(key, seeds)
+        acts = jax.vmap(lambda a, k, o, m: a.act(k, o, m, mode))(agents, keys, obs, legal)
+        return acts.reshape(-1, *acts.shape[2:])
+
+    return act
+
+
+def _host_evaluator(env: Env, episodes: int, mode: str):
+    def run(keys, agents):
+        seeds = keys.shape[0]
+        out = host_rollout(env, _host_act(mode), agents, seeds * episodes, keys[0], record=False)
+        return jax.tree.map(lambda x: x.reshape(seeds, episodes, *x.shape[1:]), out)
+
+    return run
 
 
 def evaluate(
@@ -47,7 +73,7 @@ def evaluate(
     """
     seeds = jax.tree.leaves(agents)[0].shape[0]
     chunk = min(chunk or episodes, episodes)
-    run = _evaluator(env, chunk, mode)
+    run = (_host_evaluator if env.host else _evaluator)(env, chunk, mode)
     parts = []
     for i in range(-(-episodes // chunk)):
         keys = jax.random.split(jax.random.fold_in(key, i), seeds)

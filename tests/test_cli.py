@@ -16,8 +16,8 @@ if not Path(MACFLOW[0]).exists():  # not installed as a script: use the module
     MACFLOW = [sys.executable, "-m", "macflow.cli"]
 
 
-def run(*args, ok=True, cwd=None):
-    env = {**os.environ, "COLUMNS": "120"}
+def run(*args, ok=True, cwd=None, env=None):
+    env = {**os.environ, "COLUMNS": "120", **(env or {})}
     out = subprocess.run([*MACFLOW, *args], capture_output=True, text=True, env=env, cwd=cwd)
     if ok:
         assert out.returncode == 0, out.stderr
@@ -30,9 +30,11 @@ HELP = {
     ("collect",): [e.env_id for e in registered()],
     ("collect", "toy/landmarks"): ["--out", "--num-agents", "--noise", "--episodes", "--seed"],
     ("collect", "toy/coordination"): ["--rare", "Probability of the optimal joint action"],
+    ("collect", "mpe/spread"): ["--quality", "medium-replay", "--quick", "--critic", "--env-steps"],
+    ("collect", "smax/3m"): ["--quality", "poor", "--transitions", "--episodes"],
     ("data",): ["info"],
-    ("data", "info"): ["PATH", "--no-verify", "sha256"],
-    ("quickstart",): ["make run", "--episodes", "--steps", "flow-BC"],
+    ("data", "info"): ["PATH", "--no-verify", "sha256", "--plot", "histogram"],
+    ("quickstart",): ["make run", "mpe/spread", "--transitions", "--steps", "flow-BC"],
 }
 
 
@@ -87,17 +89,48 @@ def test_collect_rejects_bad_options(tmp_path):
     assert not (tmp_path / "x").exists()
 
 
+def test_collect_a_quality_level_then_plot_it(tmp_path):
+    from macflow import cache_root
+
+    # A private behaviour cache (so training really runs), the shared compile cache.
+    env = {"MACFLOW_CACHE": str(tmp_path / "cache"), "MACFLOW_JAX_CACHE": str(cache_root() / "jax")}
+    tiny = ["--env-steps", "20000", "--snapshots", "2"]
+    tiny += ["--eval-episodes", "16", "--random-episodes", "32"]
+    out = tmp_path / "spread-medium"
+    args = ["collect", "mpe/spread", "--quality", "medium", "--out", str(out)]
+    run(*args, "--transitions", "500", *tiny, env=env)
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["quality"] == "medium" and meta["stats"]["transitions"] == 500
+    assert set(meta["reference_returns"]) == {"random", "expert"}
+    assert meta["provenance"]["command"].startswith("macflow collect mpe/spread --quality medium")
+    trained = list((tmp_path / "cache" / "behaviour" / "mpe-spread").glob("ppo-*/curve.json"))
+    assert len(trained) == 1
+    info = run("data", "info", str(out), cwd=tmp_path).stdout
+    assert "reference" in info and "spread-medium-returns.png" in info
+    png = (tmp_path / "spread-medium-returns.png").read_bytes()
+    assert png.startswith(b"\x89PNG") and len(png) > 5000
+    bad_args = ["collect", "mpe/spread", "--quality", "good", "--out", str(tmp_path / "x")]
+    bad = run(*bad_args, *tiny, env=env, ok=False)
+    assert bad.returncode == 2
+    assert "mpe/spread has no quality 'good'; choose one of expert, medium" in bad.stderr
+
+
 def test_quickstart_collects_trains_and_compares(tmp_path):
-    args = ("quickstart", "--episodes", "1000", "--steps", "200", "--seeds", "0")
-    out = run(*args, cwd=tmp_path).stdout
-    assert "toy/coordination" in out and "1,000 (1,000 terminated, 0 truncated)" in out
-    for row in ("behaviour data", "flow-BC", "MAC-Flow"):
+    from macflow import cache_root
+
+    env = {"MACFLOW_CACHE": str(tmp_path / "cache"), "MACFLOW_JAX_CACHE": str(cache_root() / "jax")}
+    tiny = ["--behaviour-steps", "20000", "--teacher-steps", "100", "--steps", "100"]
+    args = ("quickstart", "--transitions", "1000", *tiny, "--seeds", "0", "--flow-bc")
+    out = run(*args, cwd=tmp_path, env=env).stdout
+    assert "mpe/spread" in out and "40 (0 terminated, 40 truncated)" in out
+    for row in ("behaviour data", "flow-BC", "MAC-Flow", "normalised"):
         assert row in out
     quick = tmp_path / "runs" / "quickstart"
     for name in ("flow-BC", "MAC-Flow"):
         final = json.loads((quick / "runs" / name / "final.json").read_text())
-        assert final["step"] == 400 and final["episodes"] == 2000
+        assert final["step"] == 200 and final["episodes"] == 320
     # A second run replaces the dataset atomically instead of failing.
-    run("quickstart", "--episodes", "500", "--steps", "10", "--seeds", "0", cwd=tmp_path)
-    meta = json.loads((quick / "data" / "toy-coordination" / "meta.json").read_text())
-    assert meta["stats"]["episodes"] == 500
+    again = ("quickstart", "--transitions", "500", *tiny, "--seeds", "0")
+    run(*again, cwd=tmp_path, env=env)
+    meta = json.loads((quick / "data" / "mpe-spread-medium" / "meta.json").read_text())
+    assert meta["stats"]["transitions"] == 500

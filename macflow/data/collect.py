@@ -8,6 +8,7 @@ every episode's last step stored in the ``final_*`` arrays.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -19,10 +20,11 @@ from macflow.data.dataset import Dataset
 from macflow.data.io import created_now
 from macflow.envs import env_kwargs
 from macflow.envs.base import Behaviour, Env
+from macflow.envs.host import behaviour_rollout
 from macflow.envs.rollout import make_rollout
 
 
-def _flatten(out: dict[str, Any], discrete: bool) -> dict[str, np.ndarray]:
+def flatten(out: dict[str, Any], discrete: bool) -> dict[str, np.ndarray]:
     """``[E, L, ...]`` rollout arrays -> schema rows ``[T, ...]`` and finals ``[E, ...]``."""
     steps, valid = out["steps"], np.asarray(out["steps"]["valid"])
     last = valid.sum(axis=1) - 1  # index of each episode's last step
@@ -68,7 +70,10 @@ def collect(
     def act(params, key, pstate, env_state, ts):
         return behaviour.act(env, key, pstate, env_state, ts), pstate
 
-    run = make_rollout(env, init, act, chunk)
+    if env.host:  # MuJoCo: episodes step in worker processes, the behaviour acts batched
+        run = functools.partial(behaviour_rollout, env, behaviour, chunk)
+    else:
+        run = make_rollout(env, init, act, chunk)
     key = jax.random.PRNGKey(seed)
     parts, done = [], 0
     for i in range((num_episodes + chunk - 1) // chunk):
@@ -77,7 +82,7 @@ def collect(
             raise RuntimeError(f"{spec.env_id}: an episode did not end within its episode limit")
         take = min(chunk, num_episodes - done)  # the last chunk keeps its shape; drop extras
         out = jax.tree.map(lambda x, n=take: x[:n], out)
-        parts.append(_flatten(out, spec.discrete))
+        parts.append(flatten(out, spec.discrete))
         done += take
         if on_chunk is not None:
             on_chunk(done)

@@ -26,6 +26,11 @@ class EnvEntry:
     summary: str
     extra: str | None = None
     """The pip extra that provides the suite's dependencies, if any."""
+    trainer: str | None = None
+    """``"module:Class"`` of the frozen config of the online trainer whose policies generate the
+    task's datasets at the field's quality levels (see :mod:`macflow.behaviour`)."""
+    host: bool = False
+    """The environment steps on the host with numpy (MuJoCo), not under ``jit``."""
 
     def _load(self, target: str) -> type:
         module, name = target.split(":")
@@ -44,6 +49,9 @@ class EnvEntry:
 
     def behaviour_cls(self) -> type | None:
         return None if self.behaviour is None else self._load(self.behaviour)
+
+    def trainer_cls(self) -> type | None:
+        return None if self.trainer is None else self._load(self.trainer)
 
 
 _REGISTRY: dict[str, EnvEntry] = {}
@@ -115,6 +123,77 @@ for _entry in (
         "macflow.envs.landmarks:Landmarks",
         "macflow.envs.landmarks:LandmarksData",
         "N agents cover N landmarks in 2-D; scripted data head for the optimal assignment",
+    ),
+):
+    register(_entry)
+
+_MAMUJOCO = "macflow.envs.mamujoco"
+for _id, _cls, _summary in (
+    ("2halfcheetah", "HalfCheetah2x3", "HalfCheetah, 2 agents x 3 joints; run forward"),
+    ("6halfcheetah", "HalfCheetah6x1", "HalfCheetah, 6 agents x 1 joint; run forward"),
+    ("2ant", "Ant2x4", "Ant, 2 agents x 4 joints; walk forward, episodes end if it falls"),
+    ("3hopper", "Hopper3x1", "Hopper, 3 agents x 1 joint; hop forward, episodes end if it falls"),
+):
+    register(
+        EnvEntry(
+            f"mamujoco/{_id}",
+            f"{_MAMUJOCO}:{_cls}",
+            None,
+            f"MaMuJoCo: {_summary} (gymnasium-robotics, host-side)",
+            extra="mamujoco",
+            trainer="macflow.behaviour.td3:TD3",
+            host=True,
+        )
+    )
+
+_SMAX = "macflow.envs.smax"
+for _id, _cls, _summary in (
+    ("3m", "Smax3m", "3 marines vs 3 marines"),
+    ("8m", "Smax8m", "8 marines vs 8 marines"),
+    ("2s3z", "Smax2s3z", "2 stalkers + 3 zealots vs 2 stalkers + 3 zealots"),
+    ("5m_vs_6m", "Smax5mVs6m", "5 marines vs 6 marines"),
+    ("3s5z_vs_3s6z", "Smax3s5zVs3s6z", "3 stalkers + 5 zealots vs 3 stalkers + 6 zealots"),
+    ("terran_5_vs_5", "SmaxTerran5v5", "5 vs 5 random marines/marauders, SMACv2 starts"),
+    ("zerg_5_vs_5", "SmaxZerg5v5", "5 vs 5 random zerglings/hydralisks, SMACv2 starts"),
+    ("terran_10_vs_10", "SmaxTerran10v10", "10 vs 10 random marines/marauders, SMACv2 starts"),
+):
+    register(
+        EnvEntry(
+            f"smax/{_id}",
+            f"{_SMAX}:{_cls}",
+            None,
+            f"SMAX: {_summary} (JaxMARL, heuristic enemies)",
+            extra="jaxmarl",
+            trainer="macflow.behaviour.ppo:PPO",
+        )
+    )
+
+_MPE = "macflow.envs.mpe"
+_PPO = "macflow.behaviour.ppo:PPO"
+for _entry in (
+    EnvEntry(
+        "mpe/spread",
+        f"{_MPE}:Spread",
+        None,
+        "MPE: 3 agents cover 3 landmarks without colliding (JaxMARL, 2-D forces)",
+        extra="jaxmarl",
+        trainer=_PPO,
+    ),
+    EnvEntry(
+        "mpe/tag",
+        f"{_MPE}:Tag",
+        None,
+        "MPE: 3 predators chase a fast scripted prey around 2 obstacles",
+        extra="jaxmarl",
+        trainer=_PPO,
+    ),
+    EnvEntry(
+        "mpe/world",
+        f"{_MPE}:World",
+        None,
+        "MPE: 4 predators (1 leader) chase 2 scripted foragers among forests and food",
+        extra="jaxmarl",
+        trainer=_PPO,
     ),
 ):
     register(_entry)

@@ -163,6 +163,21 @@ class Behaviour(Protocol):
         ...
 
 
+def require(*modules: str) -> None:
+    """Raise ``ImportError`` if a module is not installed, without importing it: suites import
+    their heavy dependencies on first use, yet a missing extra must fail when the task's module
+    loads, where the registry turns it into a one-line `pip install` hint."""
+    import importlib.util
+    import sys
+
+    for name in modules:
+        if name in sys.modules:
+            if sys.modules[name] is None:
+                raise ImportError(f"No module named {name!r}")
+        elif importlib.util.find_spec(name) is None:
+            raise ImportError(f"No module named {name!r}")
+
+
 def concat_state(observations: Array) -> Array:
     """The documented fallback global state: all observations concatenated, ``[N*O]``."""
     return observations.reshape(-1)
