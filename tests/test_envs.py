@@ -135,3 +135,15 @@ def test_make_env_errors_name_the_fix():
     with pytest.raises(ValueError, match="zeta must lie in"):
         make_env("toy/intensity", zeta=1.5)
     assert make_env("toy/landmarks", num_agents=40).spec.obs_dim == 160
+
+
+@pytest.mark.parametrize("env_id,module", [("mpe/spread", "mpe"), ("smax/3m", "smax")])
+def test_missing_jaxmarl_extra_names_the_fix(env_id, module, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "jaxmarl", None)
+    monkeypatch.delitem(sys.modules, f"macflow.envs.{module}", raising=False)
+    with pytest.raises(
+        ImportError, match=r"needs the 'jaxmarl' extra: pip install -e '\.\[jaxmarl\]'"
+    ):
+        make_env(env_id)
