@@ -55,9 +55,9 @@ def test_collect_then_info(tmp_path):
     out_dir = tmp_path / "xor"
     out = run("collect", "toy/xor", "--out", str(out_dir), "--episodes", "300", "--noise", "0.2")
     assert "300" in out.stdout and "collect" in out.stdout
-    info = run("data", "info", str(out_dir)).stdout
+    info = run("data", "info", str(out_dir), cwd=tmp_path).stdout
     assert "toy/xor" in info and "300 (300 terminated, 0 truncated)" in info
-    meta = json.loads(run("data", "info", str(out_dir), "--as-json").stdout)
+    meta = json.loads(run("data", "info", str(out_dir), "--as-json", cwd=tmp_path).stdout)
     assert meta["provenance"]["behaviour_config"] == {"noise": 0.2, "balance": 0.5}
     assert meta["provenance"]["command"].startswith("macflow collect toy/xor")
     assert meta["stats"]["episodes"] == 300
