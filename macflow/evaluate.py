@@ -25,7 +25,7 @@ def _evaluator(env: Env, episodes: int, mode: str):
         return ()
 
     def act(agent, key, pstate, env_state, ts):
-        return agent.act(key, ts.observations, ts.legal_actions, mode), pstate
+        return agent.act(key, ts.observations, ts.legal_actions, mode, ts.state), pstate
 
     run = make_rollout(env, init, act, episodes, record=False)
     return jax.jit(jax.vmap(run))
@@ -40,8 +40,11 @@ def _host_act(mode: str):
         legal = ts.legal_actions
         if legal is not None:
             legal = legal.reshape(seeds, -1, *legal.shape[1:])
+        states = ts.state.reshape(seeds, -1, *ts.state.shape[1:])
         keys = jax.random.split(key, seeds)
-        acts = jax.vmap(lambda a, k, o, m: a.act(k, o, m, mode))(agents, keys, obs, legal)
+        acts = jax.vmap(lambda a, k, o, m, s: a.act(k, o, m, mode, s))(
+            agents, keys, obs, legal, states
+        )
         return acts.reshape(-1, *acts.shape[2:])
 
     return act

@@ -11,3 +11,6 @@ enable_compile_cache()
 def tmp_ds(tmp_path):
     """A path for a dataset directory inside the test's temporary folder."""
     return tmp_path / "ds"
+
+
+from baselines import datasets  # noqa: E402, F401  (session fixture of the baseline tests)

@@ -65,16 +65,6 @@ def test_coordination_students_choose_the_rare_optimum(data, tmp_path):
         assert r["return_mean"] == 2.0
 
 
-def test_coordination_without_q_students_imitate_each_agents_marginal(data, tmp_path):
-    run = fit(data / "coord", tmp_path, "no-q", dataclasses.replace(COORD, q_weight=0.0), 1500)
-    share = optimum_share(run)
-    print(f"\ncoordination, students without the Q term choose (1,1): {share:.3f}")
-    # Each agent plays 1 with its data marginal 0.525; independent agents meet at (1,1) with
-    # probability 0.525^2 = 0.276, far from the 90% that the Q term reaches.
-    assert share <= 0.30
-    assert share == pytest.approx(0.525**2, abs=0.03)
-
-
 XOR = dataclasses.replace(
     TINY, teacher_hidden=(64, 64), student_hidden=(64, 64), critic_hidden=(64, 64),
     teacher_steps=2000,

@@ -27,6 +27,7 @@ def sampler(request):
 
 
 def _check_transitions(b, discrete):
+    actions = builders.arrays(discrete)["actions"]
     t = _step_of(b.observations).astype(int)
     nxt = _step_of(b.next_observations)
     np.testing.assert_array_equal(np.asarray(b.states)[:, 0], t)
@@ -49,6 +50,10 @@ def _check_transitions(b, discrete):
             else:  # step t+1 allows {0, (t + 1 + i) % 3}
                 for i in range(builders.N):
                     assert legal[i, 0] and legal[i, (step + 1 + i) % builders.A]
+        # In-sample next action: step t+1's, or (no next step in the data) step t's own.
+        assert bool(b.last[k]) == (step in ENDS)
+        following = step if step in ENDS else step + 1
+        np.testing.assert_array_equal(np.asarray(b.next_actions)[k], actions[following])
     assert np.all(np.asarray(b.valid) == 1)
 
 

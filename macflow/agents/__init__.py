@@ -9,6 +9,12 @@ from macflow.agents.base import ACT_MODES, Agent, Stage
 
 AGENTS: dict[str, str] = {
     "macflow": "macflow.agents.macflow:MACFlow",
+    "flow-bc": "macflow.agents.flow_bc:FlowBC",
+    "bc": "macflow.agents.bc:BC",
+    "matd3bc": "macflow.agents.matd3bc:MATD3BC",
+    "omiga": "macflow.agents.omiga:OMIGA",
+    "icq": "macflow.agents.icq:ICQ",
+    "diffusion": "macflow.agents.diffusion:Diffusion",
 }
 
 

@@ -6,11 +6,14 @@ An agent is an immutable ``flax.struct.PyTreeNode`` (fql's shape) with
     Agent.stages(config, steps)               -> [Stage, ...]   the training schedule
     agent.prepare(sampler, stage)             -> aux            per-stage precomputation
     agent.update(batch, stage, aux)           -> (agent, info)  jittable, ``stage`` static
-    agent.act(key, observations, legal, mode) -> env actions    decentralised, jittable
+    agent.act(key, observations, legal, mode, states) -> env actions    jittable
 
-and the class attributes ``Config`` (a frozen dataclass) and ``presets`` (name -> function of the
-EnvSpec returning a Config). The training loop and the CLI use nothing else, so no code outside an
-agent's own file needs to know which algorithm it runs.
+and the class attributes ``Config`` (a frozen dataclass), ``presets`` (name -> function of the
+EnvSpec returning a Config) and ``centralised``. A decentralised agent (``centralised = False``)
+ignores ``states``: each agent acts on its own observation. A centralised one (the diffusion
+baseline, which denoises the joint action at test time as diffusion MARL does) also reads the
+global state ``[..., S]``; evaluation always passes it. The training loop and the CLI use nothing
+else, so no code outside an agent's own file needs to know which algorithm it runs.
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ class Stage(NamedTuple):
 class Agent(Protocol):
     Config: type
     presets: dict[str, Any]
+    centralised: bool
 
     @classmethod
     def create(cls, key: Array, spec: EnvSpec, config: Any) -> Agent: ...
@@ -56,7 +60,14 @@ class Agent(Protocol):
 
     def update(self, batch: Any, stage: str, aux: Any = None) -> tuple[Agent, dict[str, Array]]: ...
 
-    def act(self, key: Array, observations: Array, legal: Array | None, mode: str) -> Array: ...
+    def act(
+        self,
+        key: Array,
+        observations: Array,
+        legal: Array | None,
+        mode: str,
+        states: Array | None = None,
+    ) -> Array: ...
 
 
 def adam_step(lr: float, params, grads, opt_state):

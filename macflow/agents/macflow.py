@@ -137,6 +137,7 @@ class MACFlow(struct.PyTreeNode):
     spec: EnvSpec = struct.field(pytree_node=False)
 
     Config = MACFlowConfig
+    centralised = False
     presets = {"paper": _paper, "reference": _reference}
 
     # --- networks, rebuilt from static config (cheap; only their parameters are state) ------
@@ -338,18 +339,23 @@ class MACFlow(struct.PyTreeNode):
         noise, teacher = self._distill_pair(batch, key, aux)
         out = self._student_out(student, batch.observations, noise)
         critic = self.params["critic"]
+        use_q = c.q_weight != 0
         if self.spec.discrete:
             logits = masked_logits(out, legal)
             logp = jax.nn.log_softmax(logits)
             per_agent = -jnp.take_along_axis(logp, teacher[..., None], axis=-1)[..., 0]
             probs = jnp.exp(logp)
             sq = ((probs - jax.nn.one_hot(teacher, self._dim)) ** 2).sum(-1)
-            q_all = self._critic().apply(critic, batch.observations).mean(axis=0)
-            q = (probs * q_all).sum(axis=-1)
+            if use_q:
+                q_all = self._critic().apply(critic, batch.observations).mean(axis=0)
+                q = (probs * q_all).sum(axis=-1)
         else:
             action = jnp.tanh(out)
             per_agent = sq = ((action - teacher) ** 2).sum(-1)
-            q = self._critic().apply(critic, batch.observations, action).mean(axis=0)
+            if use_q:
+                q = self._critic().apply(critic, batch.observations, action).mean(axis=0)
+        if not use_q:  # flow BC: distillation only, no critic evaluation
+            q = jnp.zeros(per_agent.shape)
         q_tot = self._mix(self.params["mixer"], q, batch.states)
         scale = 1 / jnp.maximum(jnp.abs(q_tot).mean(), 1e-6) if c.normalize_q else 1.0
         scale = jax.lax.stop_gradient(scale)
@@ -382,26 +388,29 @@ class MACFlow(struct.PyTreeNode):
             )
             info.update(i)
         if stage in ("policy", "all"):
-            cm = (params["critic"], params["mixer"])
-            grads, i = jax.grad(self.critic_loss, has_aux=True)(cm, batch, k_critic)
-            info.update(i)
             grads_s, i = jax.grad(self.actor_loss, has_aux=True)(
                 params["student"], batch, k_actor, aux
             )
             info.update(i)
-            (params["critic"], params["mixer"]), opt["critic"] = adam_step(
-                lr, cm, grads, opt["critic"]
-            )
+            if self.config.q_weight != 0:  # without the Q term the critic is never used
+                cm = (params["critic"], params["mixer"])
+                grads, i = jax.grad(self.critic_loss, has_aux=True)(cm, batch, k_critic)
+                info.update(i)
+                (params["critic"], params["mixer"]), opt["critic"] = adam_step(
+                    lr, cm, grads, opt["critic"]
+                )
+                online = {"critic": params["critic"], "mixer": params["mixer"]}
+                target = polyak(target, online, self.config.tau)
             params["student"], opt["student"] = adam_step(
                 lr, params["student"], grads_s, opt["student"]
             )
-            online = {"critic": params["critic"], "mixer": params["mixer"]}
-            target = polyak(target, online, self.config.tau)
         return self.replace(rng=rng, params=params, opt=opt, target=target), info
 
     @functools.partial(jax.jit, static_argnames=("mode",))
-    def act(self, key: Array, observations: Array, legal: Array | None, mode: str = "sample"):
-        """Decentralised actions ``[..., N, A]`` / ``[..., N]`` in the env's own space.
+    def act(self, key: Array, observations: Array, legal: Array | None, mode: str = "sample",
+            states: Array | None = None):  # fmt: skip
+        """Decentralised actions ``[..., N, A]`` / ``[..., N]`` in the env's own space
+        (``states`` is ignored: students never see the global state).
 
         Each agent's network sees only its observation, its id and its noise (plus, with
         ``shared_noise``, the joint noise every agent regenerates from the shared seed ``key``).

@@ -10,9 +10,10 @@ from __future__ import annotations
 import dataclasses
 import functools
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from macflow import __version__
@@ -22,6 +23,24 @@ from macflow.envs import env_kwargs
 from macflow.envs.base import Behaviour, Env
 from macflow.envs.host import behaviour_rollout
 from macflow.envs.rollout import make_rollout
+
+
+@dataclasses.dataclass(frozen=True)
+class Uniform:
+    """Uniformly random actions: legal ones on discrete tasks, the whole box on continuous ones
+    (small real datasets for tests, and the ``random`` reference)."""
+
+    name: ClassVar[str] = "uniform"
+
+    def init(self, env: Env, key: jax.Array, env_state: Any, ts: Any) -> Any:
+        return ()
+
+    def act(self, env: Env, key: jax.Array, pstate: Any, env_state: Any, ts: Any) -> jax.Array:
+        spec = env.spec
+        if spec.discrete:
+            return jax.random.categorical(key, jnp.where(ts.legal_actions, 0.0, -jnp.inf))
+        low, high = jnp.asarray(spec.action_low), jnp.asarray(spec.action_high)
+        return jax.random.uniform(key, spec.action_shape, minval=low, maxval=high)
 
 
 def flatten(out: dict[str, Any], discrete: bool) -> dict[str, np.ndarray]:

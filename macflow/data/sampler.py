@@ -5,6 +5,9 @@ not the last step of its episode, and the episode's ``final_*`` row when it is, 
 pairs a step with the first step of the next episode. The episode of a step is found by binary
 search over the episode ends (``[E]``), so no per-step index array is kept.
 
+``next_actions`` is the dataset's action at step t+1 (in-sample targets such as ICQ's); at an
+episode's last step there is none, ``last`` is True and ``next_actions`` repeats step t's action.
+
 ``bootstrap`` is 0 after a terminal and 1 otherwise (a truncation is bootstrapped from its final
 observation). Windows (for recurrent models) are padded past their episode's end with the last
 step repeated and ``valid = 0``; they never cross into the next episode.
@@ -38,6 +41,8 @@ class Batch(struct.PyTreeNode):
     next_observations: Array  # [B, N, O]
     next_states: Array  # [B, S]
     next_legal_actions: Array | None  # [B, N, A] bool | None
+    next_actions: Array  # [B, ...] the action of step t+1 (step t's own where ``last``)
+    last: Array  # [B] bool: the step ends its episode (no next action in the data)
     valid: Array  # [B] float32: 1 for real steps, 0 for window padding
     index: Array  # [B] int32: the dataset row of each transition
 
@@ -109,6 +114,8 @@ class Sampler(struct.PyTreeNode):
             next_observations=following(self.observations, self.final_observations),
             next_states=following(self.states, self.final_states),
             next_legal_actions=following(self.legal_actions, self.final_legal_actions),
+            next_actions=self.actions[jnp.where(at_end, idx, nxt)],
+            last=at_end,
             valid=jnp.ones(idx.shape, jnp.float32),
             index=idx.astype(jnp.int32),
         )
