@@ -138,6 +138,14 @@ def print_table(record: dict, algos: tuple[str, ...]) -> None:
                 print(f"- {task} {algo} ({row['seconds'] / 60:.1f} min): `{row['command']}`")
 
 
+def _save(path: Path, task: str, algo: str, row: dict) -> dict:
+    """Merge one cell into the record file (re-read first: runners may share the file)."""
+    record = json.loads(path.read_text()) if path.exists() else {}
+    record.setdefault(task, {})[algo] = row
+    write_atomic(path, json.dumps(record, indent=2))
+    return record
+
+
 def main(a: Args) -> None:
     record = json.loads(a.record.read_text()) if a.record.exists() else {}
     if a.table:
@@ -152,8 +160,7 @@ def main(a: Args) -> None:
                 continue
             flags = _agent_flags(algo, a, ds.spec)
             if flags is None:
-                record.setdefault(task, {})[algo] = {"na": True}
-                write_atomic(a.record, json.dumps(record, indent=2))
+                record = _save(a.record, task, algo, {"na": True})
                 continue
             name = f"{task.replace('/', '-')}-{algo}"
             args = ["train", "--dataset", str(data), "--algo", algo, "--steps", str(a.steps)]
@@ -170,8 +177,7 @@ def main(a: Args) -> None:
                 "seconds": round(seconds, 1),
                 "command": "macflow " + shlex.join(args),
             }
-            record.setdefault(task, {})[algo] = row
-            write_atomic(a.record, json.dumps(record, indent=2))
+            record = _save(a.record, task, algo, row)
             print(f"{task} {algo}: {_cell(row, 'sample')} in {seconds / 60:.1f} min", flush=True)
     print_table(record, a.algos)
 

@@ -299,7 +299,7 @@ AgentT = TypeVar("AgentT")
 
 @dataclasses.dataclass(frozen=True)
 class TrainArgs(Generic[AgentT]):
-    """Train an offline MARL algorithm on a dataset and evaluate its decentralised policy."""
+    """Train an offline MARL algorithm on a dataset and evaluate its policy."""
 
     train: tyro.conf.OmitArgPrefixes[TrainConfig]
     """Run options."""
@@ -347,8 +347,13 @@ def train_command(argv: list[str]) -> None:
         train=TrainConfig(algo=algo, preset=preset),
         agent=agent_cls.presets[preset](_task_spec(known)),
     )
+    policy = (
+        "centralised policy (it reads the global state)"
+        if agent_cls.centralised
+        else ("decentralised policy")
+    )
     desc = (
-        f"Train {algo} (preset {preset}) and evaluate its decentralised policy. Algorithms: "
+        f"Train {algo} (preset {preset}) and evaluate its {policy}. Algorithms: "
         f"{', '.join(AGENTS)}; presets of {algo}: {', '.join(agent_cls.presets)}. The --agent.* "
         "defaults shown are the preset's for the given --dataset or --task."
     )

@@ -39,10 +39,10 @@ state-dependent log std clipped to [-5, 2] (``zero`` = the mean, ``sample`` = a 
 Departures from the paper / public code, and why:
 
 - The public code clamps ``z`` to [-10, 10] and scales the V loss by ``exp(-max(max z, -1))``;
-  the clamp zeroes the exp term's gradient above 10, leaving only the linear term, which then
-  pushes V down without bound. We continue the exponential linearly above ``exp_max`` (10)
-  instead, and drop the batch-max rescaling (a positive constant: same minimiser, and Adam is
-  insensitive to it).
+  the clamp zeroes the exp term's gradient above 10, so on such samples only the linear term
+  acts and it pushes V further down (z grows further). We continue the exponential linearly
+  above ``exp_max`` (10) instead, and drop the batch-max rescaling (a positive constant: same
+  minimiser, and Adam is insensitive to it).
 - Actor weights are capped at ``max_weight`` (100, as AWR/IQL do) instead of ``exp(10)``.
 - The continuous actor is a Gaussian on [-1, 1] with a tanh mean rather than the public code's
   tanh-squashed Gaussian: the latter evaluates ``atanh`` of data actions, which explodes at the
@@ -151,15 +151,15 @@ class Policy(nn.Module):
 def clipped_step(lr: float, clip: float, params, grads, opt_state):
     """Adam step after scaling the gradient to global norm <= ``clip`` (0: no clip)."""
     if clip > 0:
-        norm = optax.global_norm(grads)
+        norm = optax.tree.norm(grads)
         grads = jax.tree.map(lambda g: g * jnp.minimum(1.0, clip / (norm + 1e-6)), grads)
     return adam_step(lr, params, grads, opt_state)
 
 
 def linear_exp(z: Array, cap: float) -> Array:
     """``exp(z)`` up to ``cap``, then its tangent line: convex, finite, never a flat gradient."""
-    top = jnp.exp(cap)
-    return jnp.where(z <= cap, jnp.exp(jnp.minimum(z, cap)), top * (1 + z - cap))
+    below = z <= cap
+    return jnp.where(below, jnp.exp(jnp.where(below, z, cap)), jnp.exp(cap) * (1 + z - cap))
 
 
 class OMIGA(struct.PyTreeNode):
