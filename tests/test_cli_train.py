@@ -1,11 +1,15 @@
 """`macflow train` and `macflow eval` as a user runs them: run directory, resume, NaN stop."""
 
 import csv
+import dataclasses
 import json
 
 import numpy as np
 import pytest
 
+from macflow.agents import AGENTS, get_agent
+from macflow.cli import main
+from macflow.envs import make_env
 from macflow.train import load_run
 
 from test_cli import run
@@ -36,6 +40,27 @@ def test_train_help_shows_the_algorithm_options():
         assert words in out
     ref = run("train", "--preset", "reference", "--task", "toy/xor", "--help").stdout
     assert "per-agent" in ref  # the reference preset's teacher is the default shown
+
+
+@pytest.mark.parametrize("algo", sorted(AGENTS))
+def test_every_algorithm_has_train_help_with_its_own_options(algo, capsys):
+    with pytest.raises(SystemExit) as done:
+        main(["train", "--algo", algo, "--task", "smax/3m", "--help"])
+    assert done.value.code == 0
+    out = capsys.readouterr().out
+    config = get_agent(algo).presets["paper"](make_env("smax/3m").spec)
+    for field in dataclasses.fields(config):
+        assert f"--agent.{field.name.replace('_', '-')}" in out
+    kind = "centralised" if get_agent(algo).centralised else "decentralised"
+    assert f"evaluate its {kind} policy" in " ".join(out.split())
+
+
+def test_a_discrete_only_algorithm_on_a_continuous_task_names_the_fix(capsys):
+    with pytest.raises(SystemExit) as done:
+        main(["train", "--algo", "icq", "--task", "toy/xor"])
+    assert done.value.code == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "icq is for discrete actions only" in err and "toy/xor" in err
 
 
 def test_train_writes_a_complete_run_directory_and_eval_reads_it(coord, tmp_path):
