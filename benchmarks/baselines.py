@@ -78,7 +78,8 @@ def _agent_flags(algo: str, a: Args, spec) -> list[str] | None:
     fields = {f.name for f in dataclasses.fields(config)}
     flags = []
     for name in sorted(fields):
-        if name.endswith("hidden"):
+        # Layer widths (tuples); scalar widths such as a mixer's hypernetwork keep the preset's.
+        if name.endswith("hidden") and isinstance(getattr(config, name), tuple):
             flags += [f"--agent.{name.replace('_', '-')}", str(a.width), str(a.width)]
     if "lr" in fields:
         flags += ["--agent.lr", str(a.lr)]
