@@ -190,7 +190,7 @@ class _Linear(flax.struct.PyTreeNode):
 
     w: jax.Array
 
-    def act(self, key, observations, legal, mode):
+    def act(self, key, observations, legal, mode, states=None):
         return jnp.tanh(jnp.einsum("...no,noa->...na", observations, self.w))
 
 
