@@ -59,6 +59,12 @@ class Args:
     """Width of every hidden layer (two layers)."""
     lr: float = 1e-3
     """Learning rate of every algorithm."""
+    preset: str = "paper"
+    """Preset of every algorithm of this invocation."""
+    extra: str = ""
+    """More ``macflow train`` options for every cell, one string: ``"--extra=--agent.alpha 1"``."""
+    label: str = ""
+    """Suffix of the cells' names in the table for a variant, e.g. ``ql`` -> ``diffusion[ql]``."""
     out: Path = Path("runs/baselines")
     """Parent directory of the run directories."""
     record: Path = Path("docs/baselines.json")
@@ -71,7 +77,7 @@ def _agent_flags(algo: str, a: Args, spec) -> list[str] | None:
     """``--agent.*`` flags giving ``algo`` the shared budget; None if it cannot run ``spec``."""
     cls = get_agent(algo)
     try:
-        config = cls.presets["paper"](spec)
+        config = cls.presets[a.preset](spec)
         jax.eval_shape(lambda k: cls.create(k, spec, config), jax.random.PRNGKey(0))
     except ValueError:  # e.g. a discrete-only algorithm on a continuous task
         return None
@@ -123,6 +129,9 @@ def _cell(row: dict | None, mode: str) -> str:
 
 
 def print_table(record: dict, algos: tuple[str, ...]) -> None:
+    """Markdown tables (both acting modes) of ``algos`` and their variants found in ``record``."""
+    cells = {c for rows in record.values() for c in rows if c.split("[")[0] in algos}
+    algos = tuple(sorted(cells, key=lambda c: (algos.index(c.split("[")[0]), c)))
     for mode in ("sample", "zero"):
         print(f"\nNormalised score, {mode} mode (mean ± std over seeds):\n")
         print("| task | data | " + " | ".join(algos) + " |")
@@ -157,17 +166,20 @@ def main(a: Args) -> None:
         data = a.data_root / DATASETS[task]
         ds = load(data)
         for algo in a.algos:
-            if algo in record.get(task, {}):
+            cell = f"{algo}[{a.label}]" if a.label else algo
+            if cell in record.get(task, {}):
                 continue
             flags = _agent_flags(algo, a, ds.spec)
             if flags is None:
-                record = _save(a.record, task, algo, {"na": True})
+                record = _save(a.record, task, cell, {"na": True})
                 continue
-            name = f"{task.replace('/', '-')}-{algo}"
+            name = f"{task.replace('/', '-')}-{algo}" + (f"-{a.label}" if a.label else "")
             args = ["train", "--dataset", str(data), "--algo", algo, "--steps", str(a.steps)]
+            args += ["--preset", a.preset] if a.preset != "paper" else []
             args += ["--seeds", *map(str, a.seeds), "--log-every", "500", "--eval-every", "0"]
             args += ["--checkpoint-every", "0", "--out", str(a.out), "--name", name]
             args += ["--no-progress", *flags, *OVERRIDES.get(algo, {}).get(task, [])]
+            args += shlex.split(a.extra)
             shutil.rmtree(a.out / name, ignore_errors=True)  # an interrupted cell starts over
             start = time.perf_counter()
             subprocess.run([macflow, *args], check=True, stdout=subprocess.DEVNULL)
@@ -178,8 +190,8 @@ def main(a: Args) -> None:
                 "seconds": round(seconds, 1),
                 "command": "macflow " + shlex.join(args),
             }
-            record = _save(a.record, task, algo, row)
-            print(f"{task} {algo}: {_cell(row, 'sample')} in {seconds / 60:.1f} min", flush=True)
+            record = _save(a.record, task, cell, row)
+            print(f"{task} {cell}: {_cell(row, 'sample')} in {seconds / 60:.1f} min", flush=True)
     print_table(record, a.algos)
 
 
