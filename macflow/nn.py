@@ -143,6 +143,32 @@ class Critic(nn.Module):
         return out if self.num_actions else out[..., 0]
 
 
+def pick(values: Array, index: Array) -> Array:
+    """``values[..., index]`` along the last axis: ``values [..., A]``, int ``index [...]``."""
+    return jnp.take_along_axis(values, index[..., None], axis=-1)[..., 0]
+
+
+def utilities(critic: Critic, params, obs: Array, actions: Array) -> Array:
+    """Per-agent utilities ``[H, ..., N]`` of the given actions: unit vectors for a continuous
+    critic, indices for a discrete one (which outputs one value per action)."""
+    if critic.num_actions:
+        return pick(critic.apply(params, obs), actions[None])
+    return critic.apply(params, obs, actions)
+
+
+class LinearMixer(nn.Module):
+    """State hypernetwork of a linear monotone mix: ``s -> (w [..., N] >= 0, b [...])``, so
+    ``Q_tot = sum_i w_i(s) Q_i + b(s)`` (OMIGA's and ICQ's decomposition)."""
+
+    hidden: int
+    agents: int
+
+    @nn.compact
+    def __call__(self, state: Array) -> tuple[Array, Array]:
+        out = MLP((self.hidden,), self.agents + 1)(state)
+        return jnp.abs(out[..., : self.agents]), out[..., self.agents]
+
+
 class QMixer(nn.Module):
     """QMIX: ``Q_tot = w2 . elu(W1 q + b1) + b2`` with ``|W1|, |w2|`` from hypernetworks on the
     state, so Q_tot is monotone in every agent's utility (IGM)."""

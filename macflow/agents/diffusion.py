@@ -99,7 +99,7 @@ from flax import struct
 
 from macflow.agents.base import Stage, adam_step, from_unit, masked_logits, polyak, to_unit
 from macflow.envs.base import EnvSpec
-from macflow.nn import Critic, JointVelocity
+from macflow.nn import Critic, JointVelocity, utilities
 
 Array = jax.Array
 
@@ -382,10 +382,7 @@ class Diffusion(struct.PyTreeNode):
 
     def _utilities(self, critic, obs: Array, actions: Array) -> Array:
         """Per-agent Q of actions (indices, or [-1, 1] vectors), ``[H, B, N]``."""
-        if self.spec.discrete:
-            q = self._critic().apply(critic, obs)
-            return jnp.take_along_axis(q, actions[None, ..., None], axis=-1)[..., 0]
-        return self._critic().apply(critic, obs, actions)
+        return utilities(self._critic(), critic, obs, actions)
 
     def _guided_sample(self, params, key, states, obs) -> Array:
         c = self.config

@@ -68,7 +68,7 @@ from flax import struct
 
 from macflow.agents.base import Stage, adam_step, masked_logits
 from macflow.envs.base import EnvSpec
-from macflow.nn import MLP, Critic, agent_ids
+from macflow.nn import MLP, Critic, LinearMixer, agent_ids
 
 Array = jax.Array
 
@@ -128,18 +128,6 @@ def _paper(spec: EnvSpec) -> ICQConfig:
     return ICQConfig()
 
 
-class Mixer(nn.Module):
-    """State hypernetwork: ``s -> (w [..., N] >= 0, b [...])``."""
-
-    hidden: int
-    agents: int
-
-    @nn.compact
-    def __call__(self, state: Array) -> tuple[Array, Array]:
-        out = MLP((self.hidden,), self.agents + 1)(state)
-        return jnp.abs(out[..., : self.agents]), out[..., self.agents]
-
-
 class Policy(nn.Module):
     """Per-agent logits ``[..., N, A]`` on ``(o_i, id_i)``."""
 
@@ -192,7 +180,7 @@ class ICQ(struct.PyTreeNode):
         return Policy(self.config.actor_hidden, self.spec.action_dim)
 
     def _mixer(self):
-        return Mixer(self.config.mixer_hidden, self.spec.num_agents)
+        return LinearMixer(self.config.mixer_hidden, self.spec.num_agents)
 
     @classmethod
     def create(cls, key: Array, spec: EnvSpec, config: ICQConfig) -> ICQ:

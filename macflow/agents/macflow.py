@@ -36,7 +36,15 @@ from flax import struct
 
 from macflow.agents.base import Stage, adam_step, from_unit, masked_logits, polyak, to_unit
 from macflow.envs.base import EnvSpec
-from macflow.nn import Critic, JointVelocity, PerAgentVelocity, QMixer, Student, agent_ids
+from macflow.nn import (
+    Critic,
+    JointVelocity,
+    PerAgentVelocity,
+    QMixer,
+    Student,
+    agent_ids,
+    utilities,
+)
 
 Array = jax.Array
 
@@ -234,10 +242,7 @@ class MACFlow(struct.PyTreeNode):
 
     def _utilities(self, params, obs: Array, actions: Array) -> Array:
         """Per-agent Q of the given actions, ``[H, B, N]``."""
-        if self.spec.discrete:
-            q = self._critic().apply(params, obs)
-            return jnp.take_along_axis(q, actions[None, ..., None], axis=-1)[..., 0]
-        return self._critic().apply(params, obs, actions)
+        return utilities(self._critic(), params, obs, actions)
 
     def _mix(self, params, q: Array, states: Array) -> Array:
         """``[..., N]`` utilities -> ``[...]`` team value."""

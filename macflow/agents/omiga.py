@@ -72,7 +72,7 @@ from flax import struct
 
 from macflow.agents.base import Stage, adam_step, from_unit, masked_logits, polyak, to_unit
 from macflow.envs.base import EnvSpec
-from macflow.nn import MLP, Critic, agent_ids
+from macflow.nn import MLP, Critic, LinearMixer, agent_ids
 
 Array = jax.Array
 LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
@@ -116,18 +116,6 @@ class OMIGAConfig:
 
 def _paper(spec: EnvSpec) -> OMIGAConfig:
     return OMIGAConfig()  # the public code uses the same values on MaMuJoCo and SMAC
-
-
-class Mixer(nn.Module):
-    """State hypernetwork: ``s -> (w [..., N] >= 0, b [...])``."""
-
-    hidden: int
-    agents: int
-
-    @nn.compact
-    def __call__(self, state: Array) -> tuple[Array, Array]:
-        out = MLP((self.hidden,), self.agents + 1)(state)
-        return jnp.abs(out[..., : self.agents]), out[..., self.agents]
 
 
 class Policy(nn.Module):
@@ -189,7 +177,7 @@ class OMIGA(struct.PyTreeNode):
         return Policy(self.config.hidden, self.spec.action_dim, self.spec.discrete)
 
     def _mixer(self):
-        return Mixer(self.config.mixer_hidden, self.spec.num_agents)
+        return LinearMixer(self.config.mixer_hidden, self.spec.num_agents)
 
     @classmethod
     def create(cls, key: Array, spec: EnvSpec, config: OMIGAConfig) -> OMIGA:
