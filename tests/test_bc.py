@@ -55,18 +55,6 @@ def test_coordination_bc_reproduces_each_agents_marginal(datasets, tmp_path):
         assert share == pytest.approx(0.525**2, abs=0.03)
 
 
-def test_no_illegal_action_is_ever_taken():
-    spec = builders.spec(True)
-    agent = create(jax.random.PRNGKey(0), spec, TINY)
-    key = jax.random.PRNGKey(3)
-    legal = jax.random.bernoulli(key, 0.3, (4096, spec.num_agents, spec.action_dim))
-    legal = legal.at[..., 0].set(legal[..., 0] | ~legal.any(-1))
-    obs = jax.random.normal(key, (4096, spec.num_agents, spec.obs_dim))
-    for mode in ("sample", "zero"):
-        a = agent.act(key, obs, legal, mode)
-        assert np.asarray(jnp.take_along_axis(legal, a[..., None], -1)).all()
-
-
 @pytest.mark.parametrize("discrete", [True, False])
 def test_loss_is_finite_on_bound_actions_and_falls(discrete):
     """Dataset actions on the bounds (atanh = inf) stay finite; a few steps lower the NLL."""

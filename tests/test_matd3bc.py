@@ -194,18 +194,6 @@ def test_discrete_q_term_sends_gradient_to_the_actor():
     assert diff > 1e-8  # the expected utility of the softmax reaches the actor
 
 
-def test_no_illegal_action_is_ever_taken():
-    spec = builders.spec(True)
-    agent = create(jax.random.PRNGKey(0), spec, TINY)
-    key = jax.random.PRNGKey(3)
-    legal = jax.random.bernoulli(key, 0.3, (4096, spec.num_agents, spec.action_dim))
-    legal = legal.at[..., 0].set(legal[..., 0] | ~legal.any(-1))
-    obs = jax.random.normal(key, (4096, spec.num_agents, spec.obs_dim))
-    for mode in ("sample", "zero"):
-        a = agent.act(key, obs, legal, mode)
-        assert np.asarray(jnp.take_along_axis(legal, a[..., None], -1)).all()
-
-
 def test_continuous_actions_stay_within_the_bounds():
     spec = builders.spec(False)
     agent = create(jax.random.PRNGKey(0), spec, dataclasses.replace(TINY, act_noise=5.0))
