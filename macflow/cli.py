@@ -1,4 +1,4 @@
-"""The ``macflow`` command: ``envs``, ``collect``, ``data info`` and ``quickstart``.
+"""The ``macflow`` command: ``envs``, ``collect``, ``data info``, ``sweep`` and ``quickstart``.
 
 Thin by design: each command parses typed options (tyro, help text from field docstrings), calls
 the library and prints. Bad input ends with a one-line error and exit status 2, not a traceback.
@@ -487,6 +487,65 @@ def _build_app() -> SubcommandApp:
         final = evaluate_run(run, episodes, seed)
         print_final(final, title=f"{run}: evaluation")
         console.print(f"written to {Path(run) / 'eval.json'}")
+
+    @app.command
+    def sweep(
+        config: tyro.conf.Positional[Path],
+        address: str | None = None,
+        cpus_per_job: float | None = None,
+        num_cpus: int | None = None,
+        out: Path | None = None,
+        data_root: Path | None = None,
+        dry_run: bool = False,
+        aggregate_only: bool = False,
+        reps: int = 2000,
+    ) -> None:
+        """Run algorithms x tasks x dataset qualities x seeds on Ray and aggregate them.
+
+        Each job is one `macflow train` run; finished jobs are skipped when the sweep is run
+        again, failed ones retried. Writes `sweep.json`, `results.md`, `results.json` and
+        `iqm.png` (IQM and mean with stratified-bootstrap CIs) into the sweep's `out`.
+        The sweep file format is described in `macflow/sweep.py`.
+
+        Args:
+            config: Sweep file (TOML).
+            address: Ray cluster to join (e.g. `auto` or `HOST:6379`); default: a local Ray.
+            cpus_per_job: CPUs each job asks Ray for (default: all of the cluster's, so jobs
+                run one after another, each using every core through XLA).
+            num_cpus: CPUs of the local Ray (default: all of this machine's).
+            out: Override the sweep file's `out` directory.
+            data_root: Override the sweep file's `data_root` (datasets at
+                `<data_root>/<task with / replaced by ->/<quality>`).
+            dry_run: Print the planned jobs and their commands without running them.
+            aggregate_only: Only rebuild the tables and plot from `sweep.json`.
+            reps: Bootstrap resamples of the confidence intervals.
+        """
+        from macflow.aggregate import write_results
+        from macflow.sweep import load_sweep, run_sweep
+
+        planned = load_sweep(config, out, data_root)
+        record_path = planned.out / "sweep.json"
+        if dry_run:
+            for job in planned.jobs:
+                console.print(
+                    f"{job.name}: " + (f"n/a ({job.na})" if job.na else job.command), soft_wrap=True
+                )
+            return
+        if aggregate_only:
+            if not record_path.exists():
+                raise ValueError(f"{record_path}: no sweep record yet; run the sweep first")
+            record = json.loads(record_path.read_text())
+        else:
+            try:
+                record = run_sweep(planned, address, cpus_per_job, num_cpus, echo=console.print)
+            except KeyboardInterrupt:
+                console.print("[yellow]interrupted[/]: run the same command again to resume")
+                sys.exit(130)
+        result = write_results(record, planned.out, reps)
+        console.print((planned.out / "results.md").read_text(), markup=False, highlight=False)
+        if result["failed"]:
+            console.print(f"[bold red]{len(result['failed'])} job(s) failed[/] (see sweep.json)")
+            sys.exit(1)
 
     @app.command
     def quickstart(

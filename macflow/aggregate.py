@@ -1,0 +1,243 @@
+"""Aggregate a sweep (``sweep.json``): per-cell mean and std, IQM with stratified-bootstrap CIs.
+
+Per dataset (task x quality) and algorithm the table gives the mean ± std over seeds of each seed's
+final evaluation (normalised score when the dataset has reference returns, else the raw return;
+win rate where the task reports one). Across datasets, rliable's interquartile mean (IQM) and mean
+of the normalised scores, with 95% stratified-bootstrap confidence intervals (runs resampled
+within each dataset; Agarwal et al., NeurIPS 2021), summarise each algorithm. An algorithm that
+cannot run every dataset is aggregated only over the datasets it ran, and reported apart, since
+intervals over different dataset sets do not compare.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from macflow.runs import write_atomic
+
+MODES = ("sample", "zero")
+
+
+def _datasets(record: dict) -> list[tuple[str, str]]:
+    seen = []
+    for row in record["jobs"].values():
+        key = (row["task"], row["quality"])
+        if key not in seen:
+            seen.append(key)
+    return seen
+
+
+def _cells(record: dict) -> list[str]:
+    cells = []
+    for row in record["jobs"].values():
+        if row["cell"] not in cells:
+            cells.append(row["cell"])
+    return cells
+
+
+def seed_scores(row: dict, mode: str) -> tuple[np.ndarray, str]:
+    """Per-seed scores of one finished job: normalised when available, else raw returns."""
+    results = row["final"]["modes"][mode]
+    if all("normalised_score" in r for r in results):
+        return np.array([r["normalised_score"] for r in results]), "normalised"
+    return np.array([r["return_mean"] for r in results]), "return"
+
+
+def cell_stats(record: dict, mode: str) -> dict:
+    """``{(task, quality): {cell: {mean, std, seeds, metric, win_rate?, status}}}``."""
+    stats: dict = {}
+    for row in record["jobs"].values():
+        entry = {"status": row["status"]}
+        if row["status"] == "done":
+            values, metric = seed_scores(row, mode)
+            entry |= {
+                "mean": float(values.mean()),
+                "std": float(values.std()),
+                "seeds": values.tolist(),
+                "metric": metric,
+            }
+            results = row["final"]["modes"][mode]
+            if all("win_rate" in r for r in results):
+                wins = np.array([r["win_rate"] for r in results])
+                entry |= {"win_rate": float(wins.mean()), "win_rate_std": float(wins.std())}
+        elif row["status"] == "n/a":
+            entry["reason"] = row.get("reason", "")
+        stats.setdefault((row["task"], row["quality"]), {})[row["cell"]] = entry
+    return stats
+
+
+def _data_score(record: dict, task: str, quality: str) -> float | None:
+    for d in record["data"].values():
+        if d["task"] == task and d["quality"] == quality:
+            return d["normalised"] if d["normalised"] is not None else d["return_mean"]
+    return None
+
+
+def markdown_table(record: dict, mode: str) -> str:
+    stats = cell_stats(record, mode)
+    cells = _cells(record)
+    lines = [
+        "| task | quality | data | " + " | ".join(cells) + " |",
+        "|---" * (len(cells) + 3) + "|",
+    ]
+    for task, quality in _datasets(record):
+        row = stats[(task, quality)]
+        data = _data_score(record, task, quality)
+        texts = []
+        for cell in cells:
+            e = row.get(cell, {"status": "missing"})
+            if e["status"] == "done":
+                text = f"{e['mean']:.1f} ± {e['std']:.1f}"
+                if "win_rate" in e:
+                    text += f" (win {100 * e['win_rate']:.0f}%)"
+            else:
+                text = {"n/a": "n/a", "failed": "failed"}.get(e["status"], "-")
+            texts.append(text)
+        data_text = "-" if data is None else f"{data:.1f}"
+        lines.append(f"| {task} | {quality} | {data_text} | " + " | ".join(texts) + " |")
+    return "\n".join(lines)
+
+
+def interval_estimates(record: dict, mode: str, reps: int = 2000, seed: int = 0) -> dict:
+    """IQM and mean over datasets with 95% stratified-bootstrap CIs, per algorithm (cell).
+
+    Only normalised scores are aggregated (raw returns of different tasks do not add up); scores
+    are divided by 100 so 1.0 is the expert reference."""
+    try:
+        from rliable import library as rly
+        from rliable import metrics
+    except ImportError as err:
+        raise ImportError("aggregation needs rliable: pip install -e '.[analysis]'") from err
+
+    stats = cell_stats(record, mode)
+    datasets = [
+        d
+        for d in _datasets(record)
+        if any(e.get("metric") == "normalised" for e in stats[d].values())
+    ]
+    by_cell: dict[str, dict] = {}
+    for cell in _cells(record):
+        ran = [d for d in datasets if stats[d].get(cell, {}).get("status") == "done"]
+        if not ran:
+            continue
+        seeds = min(len(stats[d][cell]["seeds"]) for d in ran)
+        matrix = np.array([stats[d][cell]["seeds"][:seeds] for d in ran]).T / 100.0
+        by_cell[cell] = {"datasets": ran, "matrix": matrix}
+    common = [d for d in datasets if all(d in c["datasets"] for c in by_cell.values())]
+    full = [c for c, v in by_cell.items() if len(v["datasets"]) == len(datasets)]
+
+    def aggregate(x):
+        return np.array([metrics.aggregate_iqm(x), metrics.aggregate_mean(x)])
+
+    out = {"mode": mode, "datasets": [list(d) for d in datasets], "reps": reps, "cells": {}}
+    for cell, v in by_cell.items():
+        point, ci = rly.get_interval_estimates(
+            {cell: v["matrix"]}, aggregate, reps=reps, random_state=np.random.RandomState(seed)
+        )
+        out["cells"][cell] = {
+            "datasets": [list(d) for d in v["datasets"]],
+            "all_datasets": cell in full,
+            "iqm": float(point[cell][0]) * 100,
+            "iqm_ci": [float(ci[cell][0, 0]) * 100, float(ci[cell][1, 0]) * 100],
+            "mean": float(point[cell][1]) * 100,
+            "mean_ci": [float(ci[cell][0, 1]) * 100, float(ci[cell][1, 1]) * 100],
+            "runs": int(v["matrix"].shape[0]),
+        }
+    out["common_datasets"] = [list(d) for d in common]
+    return out
+
+
+def iqm_markdown(est: dict) -> str:
+    lines = [
+        "| algorithm | datasets | IQM [95% CI] | mean [95% CI] |",
+        "|---|---|---|---|",
+    ]
+    rows = sorted(est["cells"].items(), key=lambda kv: (not kv[1]["all_datasets"], -kv[1]["iqm"]))
+    for cell, e in rows:
+        n = f"{len(e['datasets'])}" + ("" if e["all_datasets"] else " (not all)")
+        iqm = f"{e['iqm']:.1f} [{e['iqm_ci'][0]:.1f}, {e['iqm_ci'][1]:.1f}]"
+        mean = f"{e['mean']:.1f} [{e['mean_ci'][0]:.1f}, {e['mean_ci'][1]:.1f}]"
+        lines.append(f"| {cell} | {n} | {iqm} | {mean} |")
+    return "\n".join(lines)
+
+
+def plot_intervals(estimates: list[dict], path: Path) -> None:
+    """One row per algorithm, IQM and mean with their CIs, one column per acting mode."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cells = sorted(estimates[0]["cells"], key=lambda c: estimates[0]["cells"][c]["iqm"])
+    fig, axes = plt.subplots(
+        1, 2 * len(estimates), figsize=(4.2 * len(estimates) * 2, 0.45 * len(cells) + 1.6)
+    )
+    for j, est in enumerate(estimates):
+        for k, metric in enumerate(("iqm", "mean")):
+            ax = axes[2 * j + k]
+            for i, cell in enumerate(cells):
+                e = est["cells"].get(cell)
+                if e is None:
+                    continue
+                lo, hi = e[f"{metric}_ci"]
+                color = "C0" if e["all_datasets"] else "C7"
+                ax.plot([lo, hi], [i, i], color=color, lw=6, alpha=0.5, solid_capstyle="butt")
+                ax.plot([e[metric]], [i], "|", color="k", ms=12)
+            ax.set_yticks(range(len(cells)))
+            ax.set_yticklabels(cells if k == 0 and j == 0 else [])
+            ax.set_xlabel("normalised score")
+            ax.set_title(f"{metric.upper()} ({est['mode']} mode)")
+            ax.grid(axis="x", alpha=0.3)
+    fig.suptitle(
+        f"95% stratified-bootstrap CIs over {len(estimates[0]['datasets'])} datasets "
+        "(grey: algorithm ran only some datasets)",
+        fontsize=9,
+    )
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    tmp.replace(path)
+
+
+def write_results(record: dict, out: Path, reps: int = 2000) -> dict:
+    """Write ``results.md``, ``results.json`` and ``iqm.png`` into ``out``; return the JSON."""
+    tables = {mode: markdown_table(record, mode) for mode in MODES}
+    estimates = []
+    if any(
+        r["status"] == "done" and seed_scores(r, "sample")[1] == "normalised"
+        for r in record["jobs"].values()
+    ):
+        estimates = [interval_estimates(record, mode, reps) for mode in MODES]
+    failed = {n: r.get("error", "") for n, r in record["jobs"].items() if r["status"] == "failed"}
+    missing = [n for n, r in record["jobs"].items() if r["status"] in ("pending", "running")]
+    text = ["# Sweep results", "", f"Sweep file: `{record['sweep']}`.", ""]
+    for mode in MODES:
+        text += [f"## Per dataset, {mode} mode (mean ± std over seeds)", "", tables[mode], ""]
+    for est in estimates:
+        text += [f"## Across datasets, {est['mode']} mode", "", iqm_markdown(est), ""]
+    if failed:
+        text += ["## Failed jobs", ""] + [f"- {n}" for n in failed] + [""]
+    if missing:
+        text += ["## Not run yet", ""] + [f"- {n}" for n in missing] + [""]
+    text += ["## Commands", ""]
+    for name, r in record["jobs"].items():
+        if r["status"] != "n/a":
+            took = f"{r['seconds'] / 60:.1f} min" if r.get("seconds") else "time not recorded"
+            text.append(f"- {name} ({r['status']}, {took}): `{r['command']}`")
+    result = {
+        "tables": {
+            m: {f"{t}/{q}": v for (t, q), v in cell_stats(record, m).items()} for m in MODES
+        },
+        "intervals": estimates,
+        "failed": failed,
+        "not_run": missing,
+    }
+    write_atomic(out / "results.md", "\n".join(text) + "\n")
+    write_atomic(out / "results.json", json.dumps(result, indent=2))
+    if estimates:
+        plot_intervals(estimates, out / "iqm.png")
+    return result

@@ -1,0 +1,386 @@
+"""``macflow sweep CONFIG``: algorithms x tasks x dataset qualities on Ray, resumable, aggregated.
+
+A sweep file (TOML) names the datasets, the algorithms and the options they share::
+
+    out = "runs/sweep"                  # one run directory per job, plus sweep.json / results.*
+    data_root = "datasets"              # datasets at <data_root>/<task with / -> ->/<quality>
+    seeds = [0, 1, 2]                   # trained side by side in each job (vmap)
+    retries = 1                         # extra attempts of a failed job
+    train = ["--steps", "10000"]        # `macflow train` options of every job
+    width = [128, 128]                  # every layer-width tuple (`*_hidden`) of every algorithm
+    agent = { lr = 0.001, teacher_steps = 10000 }   # set where an algorithm has the field
+
+    [tasks]
+    "mpe/spread" = ["medium", "expert"]
+
+    [[algos]]
+    algo = "macflow"
+    preset = "paper"                    # optional
+    label = ""                          # optional: a variant's suffix, e.g. diffusion[ql]
+    args = []                           # optional: more `macflow train` options
+    task_args = { "mpe/spread" = ["--agent.alpha", "0.1"] }   # optional, per task
+
+Each job is one real ``macflow train`` command (its exact command line is recorded) run by a Ray
+task in a subprocess; Ray schedules jobs by the CPUs they ask for (``--cpus-per-job``), locally by
+default or on a cluster (``--address``; ``out`` must then be a filesystem every node shares). A job
+is finished when its run directory holds ``final.json``: a re-run (after a crash, Ctrl-C or
+``kill``) skips finished jobs, continues one that left a checkpoint (``--resume``) and restarts the
+others. A failed job is retried ``retries`` times, then reported with the end of its log; the
+other jobs go on. ``sweep.json`` (atomic, updated after every job) keeps each job's status,
+command, attempts, wall time and final evaluation; ``macflow.aggregate`` turns it into tables and
+plots.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import threading
+import time
+import tomllib
+import warnings
+from pathlib import Path
+from typing import Any
+
+from macflow.runs import write_atomic
+
+FINAL = "final.json"
+TOP_LEVEL = {"out", "data_root", "seeds", "retries", "train", "width", "agent", "tasks", "algos"}
+ALGO_KEYS = {"algo", "preset", "label", "args", "task_args"}
+
+
+class SweepError(ValueError):
+    """A malformed sweep file; the message names the file and the field."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Job:
+    """One ``macflow train`` run: an algorithm (variant) on one dataset."""
+
+    name: str
+    """Run directory name under the sweep's ``out``."""
+    task: str
+    quality: str
+    cell: str
+    """Column of the tables: the algorithm, with ``[label]`` for a variant."""
+    argv: tuple[str, ...]
+    """``macflow train`` arguments (without the program name)."""
+    dataset: str
+    na: str = ""
+    """Why the algorithm cannot run this dataset (then the job is not run)."""
+
+    @property
+    def command(self) -> str:
+        return "macflow " + shlex.join(self.argv)
+
+
+@dataclasses.dataclass(frozen=True)
+class Sweep:
+    path: Path
+    out: Path
+    jobs: tuple[Job, ...]
+    retries: int
+    data: dict[str, dict[str, Any]]
+    """Per dataset directory: its task, quality, mean return and normalised data score."""
+
+
+def _fail(path: Path, field: str, message: str):
+    raise SweepError(f"{path}: {field}: {message}")
+
+
+def _strings(path: Path, field: str, value) -> list[str]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        _fail(path, field, f"expected a list of strings, got {value!r}")
+    return value
+
+
+def _agent_flags(cls, spec, preset: str, width, agent: dict) -> list[str] | None:
+    """``--agent.*`` flags for the shared widths/fields; None if ``cls`` cannot run ``spec``."""
+    import jax
+
+    try:
+        config = cls.presets[preset](spec)
+        jax.eval_shape(lambda k: cls.create(k, spec, config), jax.random.PRNGKey(0))
+    except ValueError:  # e.g. a discrete-only algorithm on a continuous task
+        return None
+    flags = []
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        option = f"--agent.{f.name.replace('_', '-')}"
+        # Layer widths (tuples); scalar widths such as a mixer's hypernetwork keep the preset's.
+        if width and f.name.endswith("hidden") and isinstance(value, tuple):
+            flags += [option, *map(str, width)]
+        elif f.name in agent:
+            flags += [option, str(agent[f.name])]
+    return flags
+
+
+def load_sweep(path: Path, out: Path | None = None, data_root: Path | None = None) -> Sweep:
+    """Parse and check a sweep file and plan its jobs (datasets are opened to read their spec).
+
+    Relative ``out`` and ``data_root`` are taken from the current directory."""
+    from macflow.agents import AGENTS, get_agent
+    from macflow.data import load
+
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise SweepError(f"{path}: no such sweep file") from None
+    except tomllib.TOMLDecodeError as err:
+        raise SweepError(f"{path}: not valid TOML: {err}") from None
+    unknown = set(raw) - TOP_LEVEL
+    if unknown:
+        _fail(path, ", ".join(sorted(unknown)), f"unknown field(s); known: {sorted(TOP_LEVEL)}")
+    for required in ("tasks", "algos"):
+        if required not in raw:
+            _fail(path, required, "missing")
+    out = Path(out or raw.get("out", "runs/sweep"))
+    data_root = Path(data_root or raw.get("data_root", "datasets"))
+    seeds = raw.get("seeds", [0])
+    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) for s in seeds):
+        _fail(path, "seeds", f"expected a non-empty list of integers, got {seeds!r}")
+    retries = raw.get("retries", 1)
+    if not isinstance(retries, int) or retries < 0:
+        _fail(path, "retries", f"expected an integer >= 0, got {retries!r}")
+    train = _strings(path, "train", raw.get("train", []))
+    width = raw.get("width", [])
+    if not isinstance(width, list) or not all(isinstance(w, int) and w > 0 for w in width):
+        _fail(path, "width", f"expected a list of positive integers, got {width!r}")
+    agent = raw.get("agent", {})
+    if not isinstance(agent, dict):
+        _fail(path, "agent", f"expected a table of config fields, got {agent!r}")
+    tasks = raw["tasks"]
+    if not isinstance(tasks, dict) or not tasks:
+        _fail(path, "tasks", "expected a table: task = [qualities]")
+    algos = raw["algos"]
+    if not isinstance(algos, list) or not algos:
+        _fail(path, "algos", "expected one or more [[algos]] tables")
+
+    datasets, data = {}, {}
+    for task, qualities in tasks.items():
+        for quality in _strings(path, f"tasks.{task}", qualities):
+            d = data_root / task.replace("/", "-") / quality
+            try:
+                ds = load(d, verify=False)
+            except Exception as err:
+                _fail(path, f"tasks.{task}", f"dataset {quality!r} at {d}: {err}")
+            if ds.spec.env_id != task:
+                _fail(path, f"tasks.{task}", f"{d} holds a {ds.spec.env_id} dataset")
+            mean = float(ds.stats()["return_mean"])
+            datasets[(task, quality)] = (d, ds.spec)
+            data[str(d)] = {
+                "task": task,
+                "quality": quality,
+                "return_mean": mean,
+                "normalised": ds.normalised_score(mean),
+            }
+
+    jobs, names = [], set()
+    for i, entry in enumerate(algos):
+        where = f"algos[{i}]"
+        if not isinstance(entry, dict) or "algo" not in entry:
+            _fail(path, where, "needs `algo = NAME`")
+        unknown = set(entry) - ALGO_KEYS
+        if unknown:
+            _fail(path, f"{where}.{sorted(unknown)[0]}", f"unknown; known: {sorted(ALGO_KEYS)}")
+        algo = entry["algo"]
+        if algo not in AGENTS:
+            _fail(path, f"{where}.algo", f"unknown algorithm {algo!r}; known: {sorted(AGENTS)}")
+        cls = get_agent(algo)
+        preset = entry.get("preset", "paper")
+        if preset not in cls.presets:
+            _fail(path, f"{where}.preset", f"{algo} has presets {sorted(cls.presets)}")
+        label = entry.get("label", "")
+        args = _strings(path, f"{where}.args", entry.get("args", []))
+        task_args = entry.get("task_args", {})
+        for task, extra in task_args.items():
+            if task not in tasks:
+                _fail(path, f"{where}.task_args.{task}", "not one of the sweep's tasks")
+            _strings(path, f"{where}.task_args.{task}", extra)
+        cell = f"{algo}[{label}]" if label else algo
+        for (task, quality), (d, spec) in datasets.items():
+            name = f"{task.replace('/', '-')}-{quality}-{algo}" + (f"-{label}" if label else "")
+            if name in names:
+                _fail(path, where, f"two jobs named {name}; give variants distinct labels")
+            names.add(name)
+            flags = _agent_flags(cls, spec, preset, width, agent)
+            if flags is None:
+                na = f"{algo} cannot run {task} ({'discrete' if spec.discrete else 'continuous'})"
+                jobs.append(Job(name, task, quality, cell, (), str(d), na))
+                continue
+            argv = ["train", "--dataset", str(d), "--algo", algo]
+            argv += ["--preset", preset] if preset != "paper" else []
+            argv += ["--seeds", *map(str, seeds), *train, *flags, *args]
+            argv += [*task_args.get(task, []), "--out", str(out), "--name", name, "--no-progress"]
+            jobs.append(Job(name, task, quality, cell, tuple(argv), str(d)))
+    return Sweep(path, out, tuple(jobs), retries, data)
+
+
+def _die_with_parent() -> None:
+    """In the child: receive SIGTERM when the Ray worker that started it dies (Linux)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+def run_job(argv: list[str], run_dir: str) -> dict:
+    """Run one ``macflow train`` job to completion (resuming from its checkpoint if it has one);
+    returns its final evaluation, or raises with the end of its log."""
+    run = Path(run_dir)
+    argv = list(argv)
+    if (run / "checkpoints" / "latest.msgpack").exists() and (run / "config.json").exists():
+        argv.append("--resume")
+    elif run.exists():
+        # A run that died before its first checkpoint starts over.
+        for p in sorted(run.rglob("*"), reverse=True):
+            p.unlink() if p.is_file() or p.is_symlink() else p.rmdir()
+    run.parent.mkdir(parents=True, exist_ok=True)
+    log = run.parent / f".{run.name}.log"
+    macflow = Path(sys.executable).with_name("macflow")
+    start = time.perf_counter()
+    with open(log, "w") as f:
+        code = subprocess.run(
+            [str(macflow), *argv], stdout=f, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent
+        ).returncode
+    seconds = time.perf_counter() - start
+    if code != 0 or not (run / FINAL).exists():
+        tail = "\n".join(log.read_text(errors="replace").splitlines()[-15:])
+        raise RuntimeError(f"exit code {code}; last lines of {log}:\n{tail}")
+    return {"final": json.loads((run / FINAL).read_text()), "seconds": round(seconds, 1)}
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def _record(path: Path, record: dict) -> None:
+    write_atomic(path, json.dumps(record, indent=2))
+
+
+def run_sweep(
+    sweep: Sweep,
+    address: str | None = None,
+    cpus_per_job: float | None = None,
+    num_cpus: int | None = None,
+    echo=print,
+) -> dict:
+    """Run every unfinished job of ``sweep`` on Ray; returns (and writes) ``sweep.json``."""
+    import ray
+
+    out = sweep.out
+    out.mkdir(parents=True, exist_ok=True)
+    record_path = out / "sweep.json"
+    old = json.loads(record_path.read_text()) if record_path.exists() else {}
+    # Jobs no longer in the sweep file are dropped from the record (their run directories stay).
+    kept = {j.name: old["jobs"][j.name] for j in sweep.jobs if j.name in old.get("jobs", {})}
+    record = {"sweep": str(sweep.path), "data": sweep.data, "jobs": kept}
+    todo = []
+    for job in sweep.jobs:
+        row = {
+            "task": job.task,
+            "quality": job.quality,
+            "cell": job.cell,
+            "dataset": job.dataset,
+        }
+        prev = record["jobs"].get(job.name, {})
+        if job.na:
+            record["jobs"][job.name] = row | {"status": "n/a", "reason": job.na}
+        elif (out / job.name / FINAL).exists() and prev.get("command", job.command) == job.command:
+            if prev.get("status") == "done":
+                record["jobs"][job.name] = prev  # finished in an earlier invocation
+            else:
+                # Finished while the sweep was interrupted, or by hand before the sweep existed:
+                # take its final evaluation as it is.
+                final = json.loads((out / job.name / FINAL).read_text())
+                record["jobs"][job.name] = row | {
+                    "status": "done",
+                    "command": job.command,
+                    "adopted": not prev,
+                    "attempts": prev.get("attempts", 0),
+                    "seconds": None,
+                    "final": final,
+                }
+        else:
+            if (out / job.name / FINAL).exists():  # the command changed: run it again
+                (out / job.name / FINAL).unlink()
+            record["jobs"][job.name] = row | {"status": "pending", "command": job.command}
+            todo.append(job)
+    _record(record_path, record)
+    done = len(sweep.jobs) - len(todo)
+    echo(f"{len(sweep.jobs)} jobs: {done} finished or n/a, {len(todo)} to run")
+    if not todo:
+        return record
+
+    # Ray starts its processes with fork + exec, which is safe although JAX (imported above to
+    # check the algorithms) runs threads; Python's generic warning about fork would only alarm.
+    warnings.filterwarnings("ignore", message=r"os\.fork\(\) was called", category=RuntimeWarning)
+    if not ray.is_initialized():
+        options = {"include_dashboard": False, "log_to_driver": False}
+        if address:
+            ray.init(address=address, **options)
+        else:
+            ray.init(num_cpus=num_cpus or os.cpu_count(), **options)
+    if threading.current_thread() is threading.main_thread():
+        # After ray.init, which installs its own SIGTERM handler: stop like Ctrl-C instead.
+        signal.signal(signal.SIGTERM, _interrupt)
+    cpus = cpus_per_job or ray.cluster_resources().get("CPU", 1)
+    remote = ray.remote(num_cpus=cpus, max_retries=0)(run_job)
+    attempts = dict.fromkeys((j.name for j in todo), 0)
+    pending = {}
+
+    def submit(job: Job):
+        attempts[job.name] += 1
+        record["jobs"][job.name]["status"] = "submitted"
+        record["jobs"][job.name]["attempts"] = attempts[job.name]
+        pending[remote.remote(list(job.argv), str(out / job.name))] = job
+
+    for job in todo:
+        submit(job)
+    _record(record_path, record)
+    try:
+        _collect(pending, record, record_path, attempts, submit, sweep.retries, echo)
+    except KeyboardInterrupt:
+        # Ctrl-C or SIGTERM: the running jobs die with their Ray workers; record and leave.
+        for job in pending.values():
+            record["jobs"][job.name]["status"] = "interrupted"
+        _record(record_path, record)
+        ray.shutdown()
+        raise
+    return record
+
+
+def _collect(pending, record, record_path, attempts, submit, retries, echo) -> None:
+    """Wait for jobs as they finish; resubmit failed ones up to ``retries`` times."""
+    import ray
+
+    total = len(record["jobs"])
+    while pending:
+        ready, _ = ray.wait(list(pending), num_returns=1)
+        job = pending.pop(ready[0])
+        row = record["jobs"][job.name]
+        try:
+            result = ray.get(ready[0])
+        except Exception as err:  # the job failed (or its worker died)
+            message = str(getattr(err, "cause", None) or err)
+            row["error"] = message[-3000:]
+            if attempts[job.name] <= retries:
+                echo(f"  {job.name}: failed (attempt {attempts[job.name]}), retrying")
+                submit(job)
+            else:
+                row["status"] = "failed"
+                echo(f"  {job.name}: FAILED after {attempts[job.name]} attempt(s)\n{message}")
+        else:
+            row.pop("error", None)
+            row |= {"status": "done", "seconds": result["seconds"], "final": result["final"]}
+            done = sum(r["status"] in ("done", "n/a") for r in record["jobs"].values())
+            echo(f"  [{done}/{total}] {job.name} done in {result['seconds'] / 60:.1f} min")
+        _record(record_path, record)

@@ -1,0 +1,184 @@
+"""``macflow sweep`` on a real local Ray: jobs run, a killed sweep resumes without redoing
+finished runs, a failing job is retried then reported, and the aggregation is right."""
+
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from macflow.aggregate import cell_stats, interval_estimates, markdown_table
+from macflow.data import save
+from macflow.data.collect import collect
+from macflow.envs import make_env
+from macflow.envs.toys import CoordinationData, XorData
+from macflow.sweep import SweepError, load_sweep
+
+MACFLOW = str(Path(sys.executable).with_name("macflow"))
+
+SWEEP = """
+out = "{out}"
+data_root = "{data}"
+seeds = [0, 1]
+retries = 1
+train = ["--steps", "200", "--log-every", "100", "--eval-every", "0", "--checkpoint-every", "0",
+         "--eval-episodes", "16", "--final-eval-factor", "1", "--batch-size", "64"]
+width = [16]
+
+[tasks]
+"toy/coordination" = ["rare5", "rare30"]
+"toy/xor" = ["scripted"]
+
+[[algos]]
+algo = "bc"
+
+[[algos]]
+algo = "icq"
+
+[[algos]]
+algo = "bc"
+label = "broken"
+task_args = {{ "toy/xor" = ["--no-such-option"] }}
+"""
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    """Toy datasets at two 'qualities', with their true random/optimal returns as references."""
+    root = tmp_path_factory.mktemp("sweep-data")
+    made = {
+        ("toy/coordination", "rare5"): (
+            CoordinationData(rare=0.05),
+            {"random": 1.0, "expert": 2.0},
+        ),
+        ("toy/coordination", "rare30"): (
+            CoordinationData(rare=0.3),
+            {"random": 1.0, "expert": 2.0},
+        ),
+        ("toy/xor", "scripted"): (XorData(), {"random": 0.5, "expert": 1.0}),
+    }
+    for (task, quality), (behaviour, ref) in made.items():
+        ds = collect(make_env(task), behaviour, 2000, chunk=1000)
+        ds = dataclasses.replace(ds, reference_returns=ref)
+        save(ds, root / task.replace("/", "-") / quality)
+    return root
+
+
+def _sweep(cmd_args, **kw):
+    env = os.environ | {"RAY_ADDRESS": "", "RAY_AUTH_MODE": "disabled"}
+    return subprocess.Popen([MACFLOW, "sweep", *cmd_args], env=env, text=True, **kw)
+
+
+def test_sweep_on_local_ray_resumes_after_kill_and_reports_failures(data_root, tmp_path):
+    out = tmp_path / "sweep"
+    config = tmp_path / "tiny.toml"
+    config.write_text(SWEEP.format(out=out, data=data_root))
+    args = [str(config), "--num-cpus", "2", "--cpus-per-job", "1", "--reps", "200"]
+
+    # Start, wait for the first finished job, then kill the driver (SIGTERM) mid-sweep.
+    proc = _sweep(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline = time.time() + 300
+    while not list(out.glob("*/final.json")):
+        assert proc.poll() is None, proc.stdout.read()
+        assert time.time() < deadline, "no job finished in 5 minutes"
+        time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)
+    log = proc.communicate(timeout=120)[0]
+    assert proc.returncode == 130, log
+    assert "run the same command again to resume" in log
+    finished = {p.parent.name: p.stat().st_mtime_ns for p in out.glob("*/final.json")}
+    assert finished
+    # The killed jobs' training processes do not outlive the sweep.
+    deadline = time.time() + 30
+    while subprocess.run(["pgrep", "-f", f"out {out}"], capture_output=True).returncode == 0:
+        assert time.time() < deadline, "training processes outlived the killed sweep"
+        time.sleep(0.5)
+
+    # Run the same command again: finished jobs are not redone, the rest complete.
+    proc = _sweep(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    log = proc.communicate(timeout=600)[0]
+    assert proc.returncode == 1, log  # the broken variant failed
+    for name, mtime in finished.items():
+        assert (out / name / "final.json").stat().st_mtime_ns == mtime, f"{name} was re-run"
+    record = json.loads((out / "sweep.json").read_text())
+    jobs = record["jobs"]
+    assert len(jobs) == 9
+    for name, row in jobs.items():
+        if name.endswith("xor-scripted-icq"):
+            assert row["status"] == "n/a" and "continuous" in row["reason"]
+        elif name == "toy-xor-scripted-bc-broken":
+            assert row["status"] == "failed" and row["attempts"] == 2  # retries = 1
+            assert "no-such-option" in row["error"]
+        else:
+            assert row["status"] == "done", (name, row)
+            assert len(row["final"]["modes"]["sample"]) == 2  # both seeds
+    # Aggregates: a table row per dataset, intervals for every algorithm that ran.
+    results = json.loads((out / "results.json").read_text())
+    assert list(results["failed"]) == ["toy-xor-scripted-bc-broken"]
+    est = results["intervals"][0]
+    assert est["cells"]["bc"]["all_datasets"] and len(est["cells"]["bc"]["datasets"]) == 3
+    assert not est["cells"]["icq"]["all_datasets"]  # discrete only: two of three datasets
+    assert (out / "iqm.png").stat().st_size > 1000
+    text = (out / "results.md").read_text()
+    for quality in ("rare5", "rare30", "scripted"):
+        assert f"| {quality} |" in text
+    assert "| n/a |" in text or "| n/a" in text
+    assert "failed" in text
+
+
+def _record(scores: dict, win: bool = False) -> dict:
+    """A sweep record with the given per-seed normalised scores per (dataset, cell)."""
+    jobs = {}
+    for (task, cell), values in scores.items():
+        modes = {
+            m: [{"return_mean": v, "normalised_score": v} | ({"win_rate": 0.5} if win else {})
+                for v in values]
+            for m in ("sample", "zero")
+        }  # fmt: skip
+        jobs[f"{task}-{cell}"] = {
+            "task": task, "quality": "q", "cell": cell, "status": "done", "command": "",
+            "final": {"modes": modes},
+        }  # fmt: skip
+    return {"sweep": "s", "data": {}, "jobs": jobs}
+
+
+def test_aggregates_match_their_definitions():
+    rng = np.random.default_rng(0)
+    scores = {(t, c): rng.uniform(0, 100, 5).tolist() for t in "abcd" for c in ("x", "y")}
+    record = _record(scores, win=True)
+    table = cell_stats(record, "sample")
+    np.testing.assert_allclose(table[("a", "q")]["x"]["mean"], np.mean(scores[("a", "x")]))
+    np.testing.assert_allclose(table[("a", "q")]["x"]["std"], np.std(scores[("a", "x")]))
+    assert "(win 50%)" in markdown_table(record, "sample")
+    est = interval_estimates(record, "sample", reps=500)
+    for cell in ("x", "y"):
+        pooled = np.concatenate([scores[(t, cell)] for t in "abcd"])
+        # IQM: the mean of the middle 50% of all runs x datasets.
+        np.testing.assert_allclose(est["cells"][cell]["iqm"], stats.trim_mean(pooled, 0.25))
+        np.testing.assert_allclose(est["cells"][cell]["mean"], pooled.mean())
+        lo, hi = est["cells"][cell]["iqm_ci"]
+        assert lo < est["cells"][cell]["iqm"] < hi
+        assert hi - lo < 60  # 20 runs in [0, 100]: a real interval, not the whole range
+
+
+def test_bad_sweep_files_name_the_file_and_field(tmp_path, data_root):
+    good = SWEEP.format(out=tmp_path / "o", data=data_root)
+    cases = {
+        "algos[0].algo": good.replace('algo = "bc"\n\n[[algos]]\nalgo = "icq"', 'algo = "bcx"'),
+        "seeds": good.replace("seeds = [0, 1]", "seeds = []"),
+        "tasks.toy/xor": good.replace('"toy/xor" = ["scripted"]', '"toy/xor" = ["missing"]'),
+        "colour": good + '\ncolour = "red"\n',
+    }
+    for field, text in cases.items():
+        path = tmp_path / "bad.toml"
+        path.write_text(text)
+        with pytest.raises(SweepError) as err:
+            load_sweep(path)
+        assert str(path) in str(err.value) and field in str(err.value), (field, err.value)
