@@ -19,6 +19,7 @@ A sweep file (TOML) names the datasets, the algorithms and the options they shar
     label = ""                          # optional: a variant's suffix, e.g. diffusion[ql]
     args = []                           # optional: more `macflow train` options
     task_args = { "mpe/spread" = ["--agent.alpha", "0.1"] }   # optional, per task
+    only = ["mpe/spread:medium"]        # optional: run only on these task:quality datasets
 
 Each job is one real ``macflow train`` command (its exact command line is recorded) run by a Ray
 task in a subprocess; Ray schedules jobs by the CPUs they ask for (``--cpus-per-job``), locally by
@@ -51,7 +52,7 @@ from macflow.runs import write_atomic
 
 FINAL = "final.json"
 TOP_LEVEL = {"out", "data_root", "seeds", "retries", "train", "width", "agent", "tasks", "algos"}
-ALGO_KEYS = {"algo", "preset", "label", "args", "task_args"}
+ALGO_KEYS = {"algo", "preset", "label", "args", "task_args", "only"}
 
 
 class SweepError(ValueError):
@@ -203,8 +204,14 @@ def load_sweep(path: Path, out: Path | None = None, data_root: Path | None = Non
             if task not in tasks:
                 _fail(path, f"{where}.task_args.{task}", "not one of the sweep's tasks")
             _strings(path, f"{where}.task_args.{task}", extra)
+        only = _strings(path, f"{where}.only", entry.get("only", []))
+        for item in only:
+            if tuple(item.rsplit(":", 1)) not in datasets:
+                _fail(path, f"{where}.only", f"{item!r} is not one of the sweep's task:quality")
         cell = f"{algo}[{label}]" if label else algo
         for (task, quality), (d, spec) in datasets.items():
+            if only and f"{task}:{quality}" not in only:
+                continue
             name = f"{task.replace('/', '-')}-{quality}-{algo}" + (f"-{label}" if label else "")
             if name in names:
                 _fail(path, where, f"two jobs named {name}; give variants distinct labels")

@@ -175,6 +175,7 @@ def test_bad_sweep_files_name_the_file_and_field(tmp_path, data_root):
         "seeds": good.replace("seeds = [0, 1]", "seeds = []"),
         "tasks.toy/xor": good.replace('"toy/xor" = ["scripted"]', '"toy/xor" = ["missing"]'),
         "colour": good + '\ncolour = "red"\n',
+        "algos[3].only": good + '\n[[algos]]\nalgo = "bc"\nlabel = "x"\nonly = ["toy/xor:q"]\n',
     }
     for field, text in cases.items():
         path = tmp_path / "bad.toml"
