@@ -5,7 +5,8 @@ the marl-eval layout, and atomically written checkpoints.
       config.json            everything needed to rebuild and resume the run
       metrics.csv            training metrics, one row per (log step, seed), averaged over the K
                              updates of the jitted call
-      evals.csv              one row per (evaluation, seed, noise mode)
+      evals.csv              one row per (evaluation, seed, noise mode); ``train_seconds`` is
+                             the training wall clock so far (evaluations excluded)
       metrics.jsonl          both kinds of rows as JSON lines
       marl_eval.json         env -> task -> algo -> run_<seed> -> step_<i> (marl-eval's layout;
                              i numbers the evaluations, step_count is the update)
@@ -80,6 +81,7 @@ class RunLog:
             "return_max",
             "normalised_score",
             "win_rate",
+            "train_seconds",  # last: readers of the older columns keep working
         ]
         self.tb = None
         if tensorboard:

@@ -3,8 +3,11 @@
 The dataset goes to the device once. Each host call runs K updates (``log_every``) of every seed
 inside one jitted ``lax.scan``, the seeds ``vmap``ped side by side; the host then logs the
 averaged metrics, checks them for NaN/inf, evaluates the decentralised policy and writes an
-atomic checkpoint when due. Batches are drawn with keys derived from (seed, update number) and the
-agents carry their own RNG, so a resumed run repeats exactly what an uninterrupted one computes.
+atomic checkpoint when due. Every evaluation row carries ``train_seconds``: the wall clock spent
+so far on updates and stage preparation (compilation included; evaluations and checkpoints
+excluded), counted from the start of this process's training (it restarts at 0 on ``--resume``).
+Batches are drawn with keys derived from (seed, update number) and the agents carry their own
+RNG, so a resumed run repeats exactly what an uninterrupted one computes.
 """
 
 from __future__ import annotations
@@ -229,6 +232,7 @@ def train(cfg: TrainConfig, agent_config: Any, console=None) -> Run:
     eval_key = jax.random.PRNGKey(0xE7A1)
     reference = ds.reference_returns
     latest_eval = ""
+    train_seconds = 0.0
     with bar:
         task = bar.add_task(name, total=total, completed=step, rate="", eval="")
         offset = 0
@@ -237,13 +241,16 @@ def train(cfg: TrainConfig, agent_config: Any, console=None) -> Run:
             aux = None
             if stage.prepare and step < end:
                 bar.update(task, rate=f"preparing {stage.name}")
-                aux = _prepare(agents, sampler, stage.name)
+                t0 = time.perf_counter()
+                aux = jax.block_until_ready(_prepare(agents, sampler, stage.name))
+                train_seconds += time.perf_counter() - t0
             while step < end:
                 k = min(cfg.log_every, end - step)
                 t0 = time.perf_counter()
                 agents, means, finite = chunk(agents, aux, sampler, data_keys, step, stage.name, k)
                 means, finite = jax.device_get((means, finite))
                 dt = time.perf_counter() - t0
+                train_seconds += dt
                 for metric, ok in finite.items():
                     bad = np.flatnonzero(~np.asarray(ok))
                     if bad.size:
@@ -261,7 +268,8 @@ def train(cfg: TrainConfig, agent_config: Any, console=None) -> Run:
                     for mode in ACT_MODES:
                         key = jax.random.fold_in(eval_key, step)
                         res = evaluate(env, agents, key, cfg.eval_episodes, mode, reference)
-                        log.evaluation(step, mode, res, seeds)
+                        timed = [r | {"train_seconds": round(train_seconds, 3)} for r in res]
+                        log.evaluation(step, mode, timed, seeds)
                         if mode == "sample":
                             log.marl_eval(spec.env_id, cfg.algo, step, res, seeds)
                             latest_eval = f"return {np.mean([r['return_mean'] for r in res]):.4g}"
@@ -279,7 +287,8 @@ def train(cfg: TrainConfig, agent_config: Any, console=None) -> Run:
             key = jax.random.fold_in(eval_key, 0xF1AA1)
             res = evaluate(env, agents, key, episodes, mode, reference, chunk=cfg.eval_episodes)
             final["modes"][mode] = [{k: v for k, v in r.items() if k != "returns"} for r in res]
-            log.evaluation(step, f"final-{mode}", res, seeds)
+            timed = [r | {"train_seconds": round(train_seconds, 3)} for r in res]
+            log.evaluation(step, f"final-{mode}", timed, seeds)
             if mode == "sample":
                 log.marl_eval(spec.env_id, cfg.algo, step, res, seeds, absolute=True)
         final["behaviour"] = {k: v for k, v in ds.stats().items() if k.startswith("return")}
