@@ -26,6 +26,8 @@ from typing import Any
 from flax import serialization
 
 CHECKPOINT = Path("checkpoints") / "latest.msgpack"
+_UMASK = os.umask(0)
+os.umask(_UMASK)
 
 
 def write_atomic(path: Path, data: bytes | str) -> None:
@@ -34,6 +36,7 @@ def write_atomic(path: Path, data: bytes | str) -> None:
     mode = "wb" if isinstance(data, bytes) else "w"
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
+        os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the usual mode
         with os.fdopen(fd, mode) as f:
             f.write(data)
             f.flush()

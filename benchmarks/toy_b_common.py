@@ -1,0 +1,121 @@
+"""Shared pieces of ``toy_bound.py``, ``landmarks_scaling.py`` and ``steps_ablation.py``.
+
+In-memory scripted datasets, stage-by-stage training through ``macflow.train``'s own jitted
+K-update program (so what is trained and timed is what ``macflow train`` runs), evaluation of the
+students and of MAC-Flow's joint teacher, and atomic JSON/PNG outputs.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from macflow.data import Dataset, Sampler
+from macflow.data.collect import Uniform, collect
+from macflow.envs import entry, make_env
+from macflow.envs.rollout import make_rollout
+from macflow.evaluate import evaluate
+from macflow.runs import write_atomic
+from macflow.train import _make_chunk, _prepare
+
+
+def scripted(task: str, episodes: int, seed: int = 0, behaviour=None, **env_kwargs):
+    """``(env, dataset, sampler)``: ``episodes`` of the task's scripted behaviour (or
+    ``behaviour``), collected in memory."""
+    env = make_env(task, **env_kwargs)
+    behaviour = behaviour or entry(task).behaviour_cls()()
+    ds = collect(env, behaviour, episodes, seed=seed, chunk=min(episodes, 1000))
+    return env, ds, Sampler.from_dataset(ds)
+
+
+def random_return(env, episodes: int = 500, seed: int = 1) -> float:
+    """Mean return of uniformly random actions (the ``random`` reference)."""
+    ds: Dataset = collect(env, Uniform(), episodes, seed=seed, chunk=min(episodes, 1000))
+    return float(ds.stats()["return_mean"])
+
+
+class Trainer:
+    """Vmapped seeds of one agent, trained stage by stage with ``macflow.train``'s chunk."""
+
+    def __init__(self, agent_cls, spec, config, seeds=(0,), batch: int = 256):
+        keys = jnp.stack([jax.random.PRNGKey(s) for s in seeds])
+        self.agents = jax.jit(jax.vmap(lambda k: agent_cls.create(k, spec, config)))(keys)
+        self.data_keys = jax.vmap(lambda k: jax.random.fold_in(k, 0x5EED))(keys)
+        self.chunk = _make_chunk(batch)
+        self.step = 0
+
+    def stage(self, sampler, name: str, steps: int, every: int, prepare=False, on_chunk=None):
+        """Run ``steps`` updates of stage ``name`` in jitted calls of ``every`` updates;
+        ``on_chunk(trainer)`` after each call. Returns the stage's ``aux`` (teacher cache)."""
+        aux = _prepare(self.agents, sampler, name) if prepare else None
+        done = 0
+        while done < steps:
+            k = min(every, steps - done)
+            self.agents, _, finite = self.chunk(
+                self.agents, aux, sampler, self.data_keys, self.step, name, k
+            )
+            if not all(bool(np.all(v)) for v in jax.device_get(finite).values()):
+                raise RuntimeError(f"stage {name}: a loss became NaN/inf near update {self.step}")
+            done += k
+            self.step += k
+            if on_chunk is not None:
+                on_chunk(self)
+        return aux
+
+    def timed(self, sampler, name: str, updates: int, prepare=False):
+        """``(fn, aux)``: ``fn()`` runs ``updates`` updates of stage ``name`` from the current
+        agents (results discarded), for timing."""
+        aux = _prepare(self.agents, sampler, name) if prepare else None
+
+        def fn():
+            return self.chunk(self.agents, aux, sampler, self.data_keys, 0, name, updates)
+
+        return fn
+
+
+def seed_slice(agents, i: int):
+    return jax.tree.map(lambda x: x[i], agents)
+
+
+def student_returns(env, agents, episodes: int, mode: str = "sample", seed: int = 7) -> list:
+    """Mean return of the decentralised students, one per seed."""
+    res = evaluate(env, agents, jax.random.PRNGKey(seed), episodes, mode)
+    return [r["return_mean"] for r in res]
+
+
+def teacher_returns(env, agents, episodes: int, mode: str = "sample", seed: int = 7) -> list:
+    """Mean return of MAC-Flow's joint teacher acting centralised (on the state), per seed."""
+
+    def act(agent, key, pstate, env_state, ts):
+        one = lambda x: None if x is None else x[None]  # noqa: E731
+        a = agent.act_teacher(key, ts.observations[None], ts.state[None], one(ts.legal_actions),
+                              mode)  # fmt: skip
+        return a[0], pstate
+
+    run = jax.jit(jax.vmap(make_rollout(env, lambda *_: (), act, episodes, record=False)))
+    seeds = jax.tree.leaves(agents)[0].shape[0]
+    keys = jax.random.split(jax.random.PRNGKey(seed), seeds)
+    out = jax.device_get(run(keys, agents))
+    return [float(np.mean(r)) for r in out["returns"]]
+
+
+def _plain(obj: Any) -> Any:
+    if isinstance(obj, np.generic | jax.Array):
+        return np.asarray(obj).tolist()
+    return str(obj)  # paths
+
+
+def write_json(path: Path, data: Any) -> None:
+    write_atomic(Path(path), json.dumps(data, indent=2, default=_plain))
+
+
+def save_png(fig, path: Path) -> None:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=120, bbox_inches="tight")
+    write_atomic(Path(path), buf.getvalue())
