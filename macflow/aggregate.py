@@ -12,6 +12,7 @@ intervals over different dataset sets do not compare.
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -134,9 +135,12 @@ def interval_estimates(record: dict, mode: str, reps: int = 2000, seed: int = 0)
 
     out = {"mode": mode, "datasets": [list(d) for d in datasets], "reps": reps, "cells": {}}
     for cell, v in by_cell.items():
-        point, ci = rly.get_interval_estimates(
-            {cell: v["matrix"]}, aggregate, reps=reps, random_state=np.random.RandomState(seed)
-        )
+        with warnings.catch_warnings():
+            # arch (under rliable) deprecates the RandomState that keeps the intervals seeded.
+            warnings.simplefilter("ignore", FutureWarning)
+            point, ci = rly.get_interval_estimates(
+                {cell: v["matrix"]}, aggregate, reps=reps, random_state=np.random.RandomState(seed)
+            )
         out["cells"][cell] = {
             "datasets": [list(d) for d in v["datasets"]],
             "all_datasets": cell in full,
@@ -226,7 +230,10 @@ def write_results(record: dict, out: Path, reps: int = 2000) -> dict:
     text += ["## Commands", ""]
     for name, r in record["jobs"].items():
         if r["status"] != "n/a":
-            took = f"{r['seconds'] / 60:.1f} min" if r.get("seconds") else "time not recorded"
+            if r.get("seconds"):
+                took = f"{r['seconds'] / 60:.1f} min"
+            else:
+                took = "adopted: run before the sweep" if r.get("adopted") else "time not recorded"
             text.append(f"- {name} ({r['status']}, {took}): `{r['command']}`")
     result = {
         "tables": {

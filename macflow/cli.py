@@ -542,7 +542,7 @@ def _build_app() -> SubcommandApp:
                 console.print("[yellow]interrupted[/]: run the same command again to resume")
                 sys.exit(130)
         result = write_results(record, planned.out, reps)
-        console.print((planned.out / "results.md").read_text(), markup=False, highlight=False)
+        print((planned.out / "results.md").read_text())
         if result["failed"]:
             console.print(f"[bold red]{len(result['failed'])} job(s) failed[/] (see sweep.json)")
             sys.exit(1)
