@@ -275,3 +275,44 @@ def test_one_agent_acting_alone_matches_its_slice_of_the_team(discrete, shared):
                     key, i, obs[0, i], None if legal is None else legal[0, i], mode
                 )
                 np.testing.assert_allclose(alone, team[i], rtol=1e-5, atol=1e-6)
+
+
+def _utility_gaps(run) -> np.ndarray:
+    """``Q_i(1) - Q_i(0)`` of every seed and agent ``[S, N]`` (critic heads averaged), read from
+    the target critic: its Polyak average smooths out the online critic's SGD noise."""
+    _, _, _, agents, _ = load_run(run.path)
+    q = jax.vmap(lambda a: a._critic().apply(a.target["critic"], jnp.ones((1, 2, 1))))(agents)
+    q = np.asarray(q).mean(axis=1)[:, 0]  # [S, N, A]
+    return q[..., 1] - q[..., 0]
+
+
+def test_independent_mixer_regresses_the_team_reward_per_agent(data, tmp_path):
+    # Data: (0,1), (1,0) at 47.5% each, (1,1) at 5%; r = a_1 + a_2. Independent utilities learn
+    # E[r | a_i]: 0.575 / 0.525 = 1.095 for a_i = 1 and 1 for a_i = 0, a gap of 0.095. VDN's sum
+    # fits r itself, so its gap is the additive payoff's 1.
+    config = dataclasses.replace(COORD, teacher_steps=40)
+    gaps = {}
+    for mixer in ("independent", "vdn"):
+        run = fit(data / "coord", tmp_path, mixer, dataclasses.replace(config, mixer=mixer), 1500,
+                  seeds=(0, 1), episodes=16)  # fmt: skip
+        assert np.isfinite(run.final["modes"]["sample"][0]["return_mean"])
+        gaps[mixer] = _utility_gaps(run)
+    print(f"\nQ_i(1) - Q_i(0): independent {gaps['independent']}, vdn {gaps['vdn']}")
+    np.testing.assert_allclose(gaps["independent"], 0.575 / 0.525 - 1, atol=0.05)
+    np.testing.assert_allclose(gaps["vdn"], 1.0, atol=0.15)
+
+
+def test_independent_td_target_is_each_agents_own_bootstrap(hand):
+    sampler, spec = hand
+    config = dataclasses.replace(TINY, mixer="independent")
+    agent = MACFlow.create(jax.random.PRNGKey(0), spec, config)
+    batch = sampler.gather(jnp.arange(10))
+    key = jax.random.PRNGKey(5)
+    y = np.asarray(agent.td_target(batch, key))
+    a_next = agent._policy(
+        agent.params["student"], key, batch.next_observations, batch.next_legal_actions, "sample"
+    )
+    q_next = agent._utilities(agent.target["critic"], batch.next_observations, a_next).mean(0)
+    r, boot = np.asarray(batch.rewards)[:, None], np.asarray(batch.bootstrap)[:, None]
+    assert y.shape == (10, spec.num_agents)  # one target per agent, no Q_tot
+    np.testing.assert_allclose(y, r + 0.99 * boot * np.asarray(q_next), rtol=1e-5, atol=1e-6)

@@ -11,7 +11,10 @@ or as one-hot vectors (discrete), the joint action being ``x = (a_1, ..., a_N)``
    ``W2^2(joint, product of students)``; ``actor/w2_proxy`` logs its square root.
 3. IGM critic: ``Q_tot = Mix(Q_1(o_1, a_1), ..., Q_N(o_N, a_N); s)`` (VDN or QMIX), TD target
    ``r + gamma * bootstrap * Q'_tot(s', a')`` with ``a'`` from the current students and the
-   bootstrap mask 0 only after a terminal.
+   bootstrap mask 0 only after a terminal. The ``independent`` mixer is the "without IGM mixing"
+   ablation: each utility regresses the team target on its own,
+   ``y_i = r + gamma * bootstrap * Q'_i(o'_i, a'_i)`` (independent learners, no factorisation of
+   ``Q_tot``), and the actor's Q term is ``sum_i Q_i``.
 4. Policy extraction: ``L_actor = alpha * L_dist - lambda * Q_tot(students' actions)``,
    ``lambda = sg(1 / mean |Q_tot|)``. Discrete students feed Q with their legal-masked softmax
    (expected utility ``sum_a pi_i(a) Q_i(a)``), so the Q term really reaches them (the public
@@ -70,8 +73,11 @@ class MACFlowConfig:
     """Hidden widths of the per-agent critic (with LayerNorm)."""
     critic_heads: int = 2
     """Critic ensemble size."""
-    mixer: Literal["vdn", "vdn-mean", "qmix"] = "vdn"
-    """IGM mixing: VDN sum, VDN mean (the public code), or QMIX's monotone hypernetwork."""
+    mixer: Literal["vdn", "vdn-mean", "qmix", "independent"] = "vdn"
+    """IGM mixing: VDN sum, VDN mean (the public code), or QMIX's monotone hypernetwork.
+    ``independent`` (the "without IGM mixing" ablation) trains each ``Q_i(o_i, a_i)`` on the team
+    target ``r + gamma * bootstrap * Q'_i(o'_i, a'_i)`` by itself, so no ``Q_tot`` is factorised
+    and IGM is not guaranteed; the actor's Q term is ``sum_i Q_i``."""
     q_agg: Literal["mean", "min"] = "mean"
     """How the target heads are combined."""
     discount: float = 0.99
@@ -245,8 +251,8 @@ class MACFlow(struct.PyTreeNode):
         return utilities(self._critic(), params, obs, actions)
 
     def _mix(self, params, q: Array, states: Array) -> Array:
-        """``[..., N]`` utilities -> ``[...]`` team value."""
-        if self.config.mixer == "vdn":
+        """``[..., N]`` utilities -> ``[...]`` team value (the actor's Q term)."""
+        if self.config.mixer in ("vdn", "independent"):
             return q.sum(axis=-1)
         if self.config.mixer == "vdn-mean":
             return q.mean(axis=-1)
@@ -315,27 +321,39 @@ class MACFlow(struct.PyTreeNode):
         loss = (err * batch.valid).sum() / batch.valid.sum()
         return loss, {"teacher/flow_loss": loss}
 
+    def _regressed(self, params, q: Array, states: Array) -> Array:
+        """What the TD loss fits: ``Q_tot`` ``[H, B]``, or each ``Q_i`` ``[H, B, N]`` when the
+        mixer is ``independent``."""
+        return q if self.config.mixer == "independent" else self._mix(params, q, states)
+
     def td_target(self, batch, key) -> Array:
-        """``r + gamma * bootstrap * Q'_tot(s', a')``, ``a'`` from the current students (legal
-        under the next state's mask); bootstrap is 0 only after a terminal."""
+        """``r + gamma * bootstrap * Q'_tot(s', a')`` ``[B]`` (per agent ``[B, N]`` with the
+        ``independent`` mixer), ``a'`` from the current students (legal under the next state's
+        mask); bootstrap is 0 only after a terminal."""
         c = self.config
         next_a = self._policy(
             self.params["student"], key, batch.next_observations, batch.next_legal_actions, "sample"
         )
-        q_next = self._mix(
+        q_next = self._regressed(
             self.target["mixer"],
             self._utilities(self.target["critic"], batch.next_observations, next_a),
             batch.next_states,
         )
         q_next = q_next.min(axis=0) if c.q_agg == "min" else q_next.mean(axis=0)
-        return jax.lax.stop_gradient(batch.rewards + c.discount * batch.bootstrap * q_next)
+        lead = (...,) + (None,) * (q_next.ndim - 1)  # the team reward reaches every agent
+        y = batch.rewards[lead] + c.discount * batch.bootstrap[lead] * q_next
+        return jax.lax.stop_gradient(y)
 
     def critic_loss(self, critic_mixer, batch, key) -> tuple[Array, dict]:
         critic, mixer = critic_mixer
         y = self.td_target(batch, key)
         actions = batch.actions if self.spec.discrete else to_unit(self.spec, batch.actions)
-        q = self._mix(mixer, self._utilities(critic, batch.observations, actions), batch.states)
-        loss = (((q - y) ** 2).mean(axis=0) * batch.valid).sum() / batch.valid.sum()
+        q = self._regressed(
+            mixer, self._utilities(critic, batch.observations, actions), batch.states
+        )
+        err = ((q - y) ** 2).mean(axis=0)
+        err = err.reshape(err.shape[0], -1).mean(axis=-1)  # independent: mean over agents
+        loss = (err * batch.valid).sum() / batch.valid.sum()
         return loss, {"critic/td_loss": loss, "critic/q_mean": q.mean(), "critic/target": y.mean()}
 
     def actor_loss(self, student, batch, key, aux=None) -> tuple[Array, dict]:
