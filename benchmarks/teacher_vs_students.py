@@ -5,7 +5,7 @@ reads the global state) at several Euler step counts K and the students, with sa
 noise. It separates a poor teacher (the students can only be as good as what they distil) from
 a poor distillation or critic.
 
-    python benchmarks/teacher_vs_students.py runs/baselines/smax-3m-flow-bc
+    python benchmarks/teacher_vs_students.py runs/sweep/smax-3m-medium-flow-bc
     python benchmarks/teacher_vs_students.py RUN --steps 1 10 40 --episodes 500 --seed-index 1
 """
 

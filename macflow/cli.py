@@ -521,28 +521,28 @@ def _build_app() -> SubcommandApp:
             reps: Bootstrap resamples of the confidence intervals.
         """
         from macflow.aggregate import write_results
-        from macflow.sweep import load_sweep, run_sweep
+        from macflow.sweep import load_sweep, run_sweep, sweep_out
 
-        planned = load_sweep(config, out, data_root)
-        record_path = planned.out / "sweep.json"
-        if dry_run:
-            for job in planned.jobs:
-                console.print(
-                    f"{job.name}: " + (f"n/a ({job.na})" if job.na else job.command), soft_wrap=True
-                )
-            return
-        if aggregate_only:
-            if not record_path.exists():
-                raise ValueError(f"{record_path}: no sweep record yet; run the sweep first")
-            record = json.loads(record_path.read_text())
+        if aggregate_only:  # needs only the record, not the datasets
+            out = out or sweep_out(config)
+            if not (out / "sweep.json").exists():
+                raise ValueError(f"{out / 'sweep.json'}: no sweep record yet; run the sweep first")
+            record = json.loads((out / "sweep.json").read_text())
         else:
+            planned = load_sweep(config, out, data_root)
+            out = planned.out
+            if dry_run:
+                for job in planned.jobs:
+                    text = f"n/a ({job.na})" if job.na else job.command
+                    console.print(f"{job.name}: {text}", soft_wrap=True)
+                return
             try:
                 record = run_sweep(planned, address, cpus_per_job, num_cpus, echo=console.print)
             except KeyboardInterrupt:
                 console.print("[yellow]interrupted[/]: run the same command again to resume")
                 sys.exit(130)
-        result = write_results(record, planned.out, reps)
-        print((planned.out / "results.md").read_text())
+        result = write_results(record, out, reps)
+        print((out / "results.md").read_text())
         if result["failed"]:
             console.print(f"[bold red]{len(result['failed'])} job(s) failed[/] (see sweep.json)")
             sys.exit(1)

@@ -121,6 +121,14 @@ def _agent_flags(cls, spec, preset: str, width, agent: dict) -> list[str] | None
     return flags
 
 
+def sweep_out(path: Path) -> Path:
+    """The ``out`` directory a sweep file names (without checking the rest of it)."""
+    try:
+        return Path(tomllib.loads(Path(path).read_text()).get("out", "runs/sweep"))
+    except (FileNotFoundError, tomllib.TOMLDecodeError) as err:
+        raise SweepError(f"{path}: {err}") from None
+
+
 def load_sweep(path: Path, out: Path | None = None, data_root: Path | None = None) -> Sweep:
     """Parse and check a sweep file and plan its jobs (datasets are opened to read their spec).
 
