@@ -2,26 +2,22 @@
 
 In-memory scripted datasets, stage-by-stage training through ``macflow.train``'s own jitted
 K-update program (so what is trained and timed is what ``macflow train`` runs), evaluation of the
-students and of MAC-Flow's joint teacher, and atomic JSON/PNG outputs.
+students and of MAC-Flow's joint teacher; atomic JSON/PNG outputs come from ``toy_common``.
 """
 
 from __future__ import annotations
 
-import io
-import json
-from pathlib import Path
-from typing import Any
-
 import jax
 import jax.numpy as jnp
 import numpy as np
+from toy_common import save_png, write_json  # noqa: F401  (re-exported to the scripts)
+from toy_common import seed as seed_slice  # noqa: F401
 
 from macflow.data import Dataset, Sampler
 from macflow.data.collect import Uniform, collect
 from macflow.envs import entry, make_env
 from macflow.envs.rollout import make_rollout
 from macflow.evaluate import evaluate
-from macflow.runs import write_atomic
 from macflow.train import _make_chunk, _prepare
 
 
@@ -79,10 +75,6 @@ class Trainer:
         return fn
 
 
-def seed_slice(agents, i: int):
-    return jax.tree.map(lambda x: x[i], agents)
-
-
 def student_returns(env, agents, episodes: int, mode: str = "sample", seed: int = 7) -> list:
     """Mean return of the decentralised students, one per seed."""
     res = evaluate(env, agents, jax.random.PRNGKey(seed), episodes, mode)
@@ -103,19 +95,3 @@ def teacher_returns(env, agents, episodes: int, mode: str = "sample", seed: int 
     keys = jax.random.split(jax.random.PRNGKey(seed), seeds)
     out = jax.device_get(run(keys, agents))
     return [float(np.mean(r)) for r in out["returns"]]
-
-
-def _plain(obj: Any) -> Any:
-    if isinstance(obj, np.generic | jax.Array):
-        return np.asarray(obj).tolist()
-    return str(obj)  # paths
-
-
-def write_json(path: Path, data: Any) -> None:
-    write_atomic(Path(path), json.dumps(data, indent=2, default=_plain))
-
-
-def save_png(fig, path: Path) -> None:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=120, bbox_inches="tight")
-    write_atomic(Path(path), buf.getvalue())

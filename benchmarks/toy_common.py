@@ -60,8 +60,14 @@ def summary(values) -> dict[str, Any]:
     return {"mean": float(v.mean()), "std": float(v.std()), "per_seed": v.tolist()}
 
 
+def _plain(obj: Any) -> Any:
+    if isinstance(obj, np.generic | jax.Array):
+        return np.asarray(obj).tolist()
+    return str(obj)  # paths
+
+
 def write_json(path: Path, data: Any) -> None:
-    write_atomic(Path(path), json.dumps(data, indent=2))
+    write_atomic(Path(path), json.dumps(data, indent=2, default=_plain))
 
 
 def save_png(fig, path: Path) -> None:
