@@ -38,6 +38,7 @@ import dataclasses
 import json
 import os
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -256,8 +257,7 @@ def run_job(argv: list[str], run_dir: str) -> dict:
         argv.append("--resume")
     elif run.exists():
         # A run that died before its first checkpoint starts over.
-        for p in sorted(run.rglob("*"), reverse=True):
-            p.unlink() if p.is_file() or p.is_symlink() else p.rmdir()
+        shutil.rmtree(run)
     run.parent.mkdir(parents=True, exist_ok=True)
     log = run.parent / f".{run.name}.log"
     macflow = Path(sys.executable).with_name("macflow")
