@@ -30,7 +30,7 @@ $(BIN)/python:
 # Re-install whenever pyproject.toml changes (the stamp is older than it).
 $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev,jaxmarl,mamujoco,ray,analysis]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,jaxmarl,mamujoco,ray,analysis,vault,hdf5]'
 	touch $(STAMP)
 
 clean:

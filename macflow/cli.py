@@ -21,6 +21,7 @@ from rich.table import Table
 from tyro.extras import SubcommandApp
 
 from macflow import __version__, cache_root
+from macflow.data.imports import DEFAULT_OPTIONS, Format, ImportOptions
 from macflow.progress import progress_bar
 from macflow.train import TrainConfig
 
@@ -323,7 +324,9 @@ def _task_spec(known):
     from macflow.envs import EnvSpec, entry
 
     if known.dataset:
-        return read_meta(known.dataset)["spec"]
+        from macflow.data.imports import cached_import
+
+        return read_meta(cached_import(known.dataset))["spec"]
     if known.task:
         return entry(known.task).env_cls()().spec
     return EnvSpec("any", 2, 1, 2, 1, False, 1, action_low=(-1.0,), action_high=(1.0,))
@@ -467,7 +470,44 @@ def _build_app() -> SubcommandApp:
             if not as_json:
                 console.print(f"return histogram written to {target}")
 
-    app.command(data, name="data", help="Inspect datasets: `macflow data info PATH`.")
+    @data.command(name="import")
+    def import_command(
+        format: tyro.conf.Positional[Format],
+        src: tyro.conf.Positional[Path],
+        out: Path,
+        convert: tyro.conf.OmitArgPrefixes[ImportOptions] = DEFAULT_OPTIONS,
+        overwrite: bool = False,
+    ) -> None:
+        """Convert a dataset of the field's formats into a macflow dataset (docs/importers.md).
+
+        FORMAT is og-marl (a flashbax vault: a `<name>.vlt` directory, every uid into
+        `OUT/<uid>`, or one uid directory), omar (a `seed_<k>_data` directory of per-agent .npy
+        files, or a directory of them: seeds concatenated), omiga (a MA-MuJoCo .hdf5 file),
+        cfcql (a pymarl .h5 file) or madiff (a directory with path_lengths.npy). Every
+        transformation is recorded in the dataset's provenance (`macflow data info OUT --as-json`).
+
+        Args:
+            format: Source format.
+            src: The source file or directory.
+            out: Directory of the converted dataset (of one dataset per uid for a `.vlt`).
+            convert: How the source's conventions map onto the macflow format.
+            overwrite: Replace an existing dataset at OUT.
+        """
+        from macflow.data.imports import import_dataset
+
+        for ds in import_dataset(format, src, out, convert, overwrite=overwrite, console=console):
+            print_dataset(ds)
+            notes = ds.provenance.get("transformations") or []
+            for note in notes:
+                console.print(f"  [dim]-[/] {note}")
+            console.print(f"written to {ds.path}")
+
+    app.command(
+        data,
+        name="data",
+        help="Inspect and import datasets: `macflow data info PATH`, "
+        "`macflow data import FORMAT SRC --out DIR`.",
+    )
 
     @app.command(name="train")
     def train_help() -> None:

@@ -29,6 +29,7 @@ import numpy as np
 from macflow import __version__, cache_root
 from macflow.agents import ACT_MODES, get_agent
 from macflow.data import Sampler, load
+from macflow.data.imports import cached_import
 from macflow.envs import entry, make_env
 from macflow.evaluate import evaluate
 from macflow.progress import progress_bar
@@ -40,8 +41,9 @@ class TrainConfig:
     """Options of ``macflow train`` that do not belong to the algorithm."""
 
     dataset: Path | None = None
-    """Dataset directory. Without it, ``--task``'s default scripted dataset is collected into
-    the cache (``~/.cache/macflow/datasets``) on first use."""
+    """Dataset directory, or a dataset of the field's formats (an OG-MARL vault uid, OMAR,
+    OMIGA, CFCQL or MADiff files), converted once into the cache (``~/.cache/macflow/imports``).
+    Without it, ``--task``'s default scripted dataset is collected into the cache on first use."""
     task: str | None = None
     """Environment to evaluate in; defaults to the dataset's own (they must agree)."""
     algo: str = "macflow"
@@ -158,7 +160,7 @@ def train(cfg: TrainConfig, agent_config: Any, console=None) -> Run:
     """Train ``cfg.algo`` with ``agent_config``; see the module docstring."""
     if cfg.dataset is None and cfg.task is None:
         raise ValueError("give --dataset DIR or --task ID (its default dataset is collected)")
-    dataset_path = cfg.dataset or default_dataset(cfg.task)
+    dataset_path = cached_import(cfg.dataset) if cfg.dataset else default_dataset(cfg.task)
     ds = load(dataset_path)
     spec = ds.spec
     if cfg.task is not None and cfg.task != spec.env_id:

@@ -32,7 +32,8 @@ HELP = {
     ("collect", "toy/coordination"): ["--rare", "Probability of the optimal joint action"],
     ("collect", "mpe/spread"): ["--quality", "medium-replay", "--quick", "--critic", "--env-steps"],
     ("collect", "smax/3m"): ["--quality", "poor", "--transitions", "--episodes"],
-    ("data",): ["info"],
+    ("data",): ["info", "import"],
+    ("data", "import"): ["og-marl", "omar", "omiga", "cfcql", "madiff", "--final", "--uid"],
     ("data", "info"): ["PATH", "--no-verify", "sha256", "--plot", "histogram"],
     ("quickstart",): ["make run", "mpe/spread", "--transitions", "--steps", "flow-BC"],
 }

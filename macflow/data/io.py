@@ -112,19 +112,7 @@ def save(
     if not ds.provenance.get("method"):
         raise DatasetError(path / META_FILE, "provenance.method", "must say how the data were made")
     _check_reference(ds.reference_returns, path / META_FILE)
-    if path.exists():
-        is_dataset = (path / META_FILE).exists()
-        is_empty = path.is_dir() and not any(path.iterdir())
-        if not (is_dataset or is_empty):
-            raise FileExistsError(f"{path} exists and is not a macflow dataset; not touching it")
-        if is_dataset and not overwrite:
-            raise FileExistsError(
-                f"{path} already holds a dataset; pass overwrite=True to replace it"
-            )
-    path.parent.mkdir(parents=True, exist_ok=True)
-
-    tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
+    tmp = begin_write(path, overwrite)
     try:
         fields = {}
         for name in fields_for(ds.spec):
@@ -141,30 +129,57 @@ def save(
             }
             if on_field is not None:
                 on_field(name)
-        meta = _meta_json(ds, fields)
-        with open(tmp / META_FILE, "w") as f:
-            json.dump(meta, f, indent=2)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        _fsync_dir(tmp)
-        if path.exists():
-            if _exchange(tmp, path):  # tmp now holds the old dataset
-                _fsync_dir(path.parent)
-                shutil.rmtree(tmp)
-            else:  # two renames: an interruption between them leaves no dataset, not a mix
-                old = path.parent / f".{path.name}.old-{uuid.uuid4().hex[:8]}"
-                os.rename(path, old)
-                os.rename(tmp, path)
-                _fsync_dir(path.parent)
-                shutil.rmtree(old)
-        else:
-            os.rename(tmp, path)
-            _fsync_dir(path.parent)
+        meta = finish_write(tmp, path, ds, fields)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return dataclasses.replace(ds, path=path, checksum=meta["checksum"])
+
+
+def begin_write(path: Path, overwrite: bool) -> Path:
+    """Check that ``path`` may be written and make the hidden sibling directory to write into."""
+    if path.exists():
+        is_dataset = (path / META_FILE).exists()
+        is_empty = path.is_dir() and not any(path.iterdir())
+        if not (is_dataset or is_empty):
+            raise FileExistsError(f"{path} exists and is not a macflow dataset; not touching it")
+        if is_dataset and not overwrite:
+            raise FileExistsError(
+                f"{path} already holds a dataset; pass overwrite=True to replace it"
+            )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    return tmp
+
+
+def finish_write(tmp: Path, path: Path, ds: Dataset, fields: dict[str, dict]) -> dict[str, Any]:
+    """Write ``meta.json`` into ``tmp`` (whose array files are written) and move it to ``path``.
+
+    ``ds`` supplies the description and the arrays the episode statistics need (rewards,
+    terminals, truncations). Returns the metadata written.
+    """
+    meta = _meta_json(ds, fields)
+    with open(tmp / META_FILE, "w") as f:
+        json.dump(meta, f, indent=2)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+    _fsync_dir(tmp)
+    if path.exists():
+        if _exchange(tmp, path):  # tmp now holds the old dataset
+            _fsync_dir(path.parent)
+            shutil.rmtree(tmp)
+        else:  # two renames: an interruption between them leaves no dataset, not a mix
+            old = path.parent / f".{path.name}.old-{uuid.uuid4().hex[:8]}"
+            os.rename(path, old)
+            os.rename(tmp, path)
+            _fsync_dir(path.parent)
+            shutil.rmtree(old)
+    else:
+        os.rename(tmp, path)
+        _fsync_dir(path.parent)
+    return meta
 
 
 def leftovers(path: Path) -> list[Path]:
@@ -243,11 +258,13 @@ def _sha256(file: Path) -> str:
         return hashlib.file_digest(f, "sha256").hexdigest()
 
 
-def load(path: str | Path, verify: bool = True) -> Dataset:
+def load(path: str | Path, verify: bool = True, check_values: bool = True) -> Dataset:
     """Open the dataset directory ``path``: arrays memory-mapped, everything checked.
 
-    ``verify=False`` skips hashing the array files (faster on very large datasets); the schema
-    and value checks always run.
+    ``verify=False`` skips hashing the array files (faster on very large datasets).
+    ``check_values=False`` skips the schema and value checks of the arrays, for a writer that
+    checked them as it wrote them: reading every page of a memory-mapped array keeps it
+    resident while the dataset is open.
     """
     path = Path(path).absolute()
     meta = read_meta(path)
@@ -304,7 +321,8 @@ def load(path: str | Path, verify: bool = True) -> Dataset:
         path=path,
         checksum=meta["checksum"],
     )
-    ds.validate(path)
+    if check_values:
+        ds.validate(path)
     _check_stats(ds, meta["stats"], meta_file)
     return ds
 

@@ -33,7 +33,7 @@ class DatasetError(ValueError):
     def __init__(self, file, field: str | None, message: str, index=None):
         if index is not None:
             index = tuple(int(i) for i in np.atleast_1d(index))
-        self.file, self.field, self.index = str(file), field, index
+        self.file, self.field, self.index, self.message = str(file), field, index, message
         where = self.file
         if field is not None:
             where += f": field '{field}'"

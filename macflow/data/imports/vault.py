@@ -1,0 +1,342 @@
+"""OG-MARL vault importer: flashbax ``Vault`` directories read with tensorstore alone.
+
+A vault (flashbax ``flashbax/vault/vault.py``, version 1.x) is ``<name>.vlt/<uid>/`` per dataset:
+``metadata.json`` (``version``, and ``structure_shape`` / ``structure_dtype``: a nested dict of the
+experience's leaves) plus an OCDBT key-value store holding one zarr v2 array per leaf, named by its
+keys joined with a trailing dot (``observations.``, ``infos.state.``), of shape ``(B, 10^13, ...)``
+with a virtual time axis, and ``vault_index``: the number of valid steps. Experience is ``[B, T,
+N, ...]``: batch rows (OMAR vaults keep their 5 seeds there) each hold episodes laid end to end; a
+step with ``terminals`` or ``truncations`` set ends its episode and the next step starts another.
+
+Conversion: batch rows are concatenated in order; per-agent flags and rewards are reduced over
+agents; ``infos.state`` is the state (per-agent states reduced, no state: observations
+concatenated); ``infos.legals`` is the legal mask of discrete tasks. Vaults store no observation
+after an episode's last step, so ``--final`` decides it. Steps after a batch row's last episode
+end (an unfinished episode) are dropped. Every choice is recorded in the provenance.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from macflow.data.imports.common import (
+    AgentId,
+    ImportOptions,
+    StateReducer,
+    assemble,
+    continuous_bounds,
+    episode_blocks,
+    final_note,
+    reward_note,
+    team_reward,
+)
+from macflow.data.schema import DatasetError
+from macflow.data.stream import Block, Located
+from macflow.envs.base import EnvSpec
+
+METADATA = "metadata.json"
+REQUIRED = ("observations.", "actions.", "rewards.", "terminals.", "truncations.")
+STATE, LEGALS = "infos.state.", "infos.legals."
+
+
+def is_uid(path: Path) -> bool:
+    return (path / METADATA).is_file() and (path / "manifest.ocdbt").is_file()
+
+
+def looks_like(src: Path) -> bool:
+    if not src.is_dir():
+        return False
+    return is_uid(src) or any(is_uid(p) for p in src.iterdir() if p.is_dir())
+
+
+def open_sources(src: Path, options: ImportOptions) -> list[tuple[str, VaultSource]]:
+    """One source per uid: ``src`` is a uid directory or a ``.vlt`` directory of uids."""
+    if is_uid(src):
+        return [("", VaultSource(src, options))]
+    uids = sorted(p for p in src.iterdir() if p.is_dir() and is_uid(p)) if src.is_dir() else []
+    if not uids:
+        raise DatasetError(
+            src,
+            None,
+            f"not a vault: neither it nor a sub-directory holds {METADATA} and manifest.ocdbt "
+            "(expected <name>.vlt/<uid>/ as flashbax writes it)",
+        )
+    if options.uid is not None:
+        chosen = [p for p in uids if p.name == options.uid]
+        if not chosen:
+            names = ", ".join(p.name for p in uids)
+            raise DatasetError(src, None, f"has no uid {options.uid!r}; its uids: {names}")
+        return [("", VaultSource(chosen[0], options))]
+    return [(p.name, VaultSource(p, options)) for p in uids]
+
+
+def _leaves(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """Flatten the metadata's nested structure into ``{leaf name: value}`` with vault names."""
+    if isinstance(tree, dict):
+        out = {}
+        for key, sub in tree.items():
+            out |= _leaves(sub, f"{prefix}{key}.")
+        return out
+    return {prefix: tree}
+
+
+class VaultSource:
+    """One vault uid, scanned for its episodes and read block by block."""
+
+    def __init__(self, uid: Path, options: ImportOptions):
+        import tensorstore as ts
+
+        self.uid, self.options = uid.absolute(), options
+        meta_file = self.uid / METADATA
+        try:
+            meta = json.loads(meta_file.read_text())
+        except json.JSONDecodeError as err:
+            raise DatasetError(meta_file, None, f"not valid JSON ({err})") from err
+        version = meta.get("version")
+        try:
+            major = int(float(version))
+        except (TypeError, ValueError):
+            major = None
+        if major != 1:
+            raise DatasetError(
+                meta_file, "version", f"vault version {version!r}; this importer reads 1.x"
+            )
+        try:
+            shapes = {k: ast.literal_eval(v) for k, v in _leaves(meta["structure_shape"]).items()}
+            dtypes = _leaves(meta["structure_dtype"])
+        except (KeyError, ValueError, SyntaxError, TypeError) as err:
+            raise DatasetError(
+                meta_file, "structure_shape", f"missing or unreadable ({err!r})"
+            ) from err
+        for name in REQUIRED:
+            if name not in shapes:
+                raise DatasetError(
+                    meta_file,
+                    "structure_shape",
+                    f"no leaf {name!r}; the vault holds {sorted(shapes)}",
+                )
+        self.version = version
+        context = ts.Context({"cache_pool": {"total_bytes_limit": 0}})
+        self.stores = {}
+        for name in shapes:
+            spec = {
+                "driver": "zarr",
+                "kvstore": {"driver": "ocdbt", "base": f"file://{self.uid}", "path": name},
+            }
+            try:
+                self.stores[name] = ts.open(spec, read=True, context=context).result()
+            except ValueError as err:
+                raise DatasetError(
+                    self.uid, name, f"cannot open the leaf's zarr array: {err}"
+                ) from err
+            store = self.stores[name]
+            want = (shapes[name][0], *shapes[name][2:])
+            got = (store.shape[0], *store.shape[2:])
+            if got != want or store.dtype.numpy_dtype != np.dtype(dtypes[name]):
+                raise DatasetError(
+                    self.uid,
+                    name,
+                    f"array is {store.dtype.numpy_dtype}{list(store.shape)}, but {METADATA} says "
+                    f"{dtypes[name]} with batch and item shape {list(want)}",
+                )
+        index_spec = {
+            "driver": "zarr",
+            "kvstore": {"driver": "ocdbt", "base": f"file://{self.uid}", "path": "vault_index"},
+        }
+        try:
+            index = ts.open(index_spec, read=True, context=context).result()
+            self.steps = int(index.read().result()[0])
+        except ValueError as err:
+            raise DatasetError(self.uid, "vault_index", f"cannot read it: {err}") from err
+        obs = self.stores["observations."]
+        self.batch, self.num_agents, obs_dim = obs.shape[0], obs.shape[2], obs.shape[3]
+        if self.steps < 1 or self.steps > obs.shape[1]:
+            raise DatasetError(
+                self.uid, "vault_index", f"{self.steps} valid steps: the vault is empty"
+            )
+        self.notes: list[str] = []
+        self._scan()
+        self._describe(obs_dim, shapes)
+
+    def _read(self, name: str, b: int, lo: int, hi: int) -> np.ndarray:
+        return self.stores[name][b, lo:hi].read().result()
+
+    def _scan(self) -> None:
+        """Episode ends of every batch row, from the flags alone (1 byte per step kept)."""
+        self.ends, self.terminal, self.kept = [], [], []
+        disagree = dropped = 0
+        chunk = self.options.block_rows
+        for b in range(self.batch):
+            done = np.empty(self.steps, bool)
+            term = np.empty(self.steps, bool)
+            for lo in range(0, self.steps, chunk):
+                hi = min(self.steps, lo + chunk)
+                t = self._read("terminals.", b, lo, hi).reshape(hi - lo, -1) != 0
+                u = self._read("truncations.", b, lo, hi).reshape(hi - lo, -1) != 0
+                any_t, any_u = t.any(1), u.any(1)
+                disagree += int(((t.any(1) != t.all(1)) | (u.any(1) != u.all(1))).sum())
+                done[lo:hi], term[lo:hi] = any_t | any_u, any_t
+            ends = np.flatnonzero(done)
+            kept = int(ends[-1]) + 1 if len(ends) else 0
+            dropped += self.steps - kept
+            self.ends.append(ends)
+            self.terminal.append(term[ends])
+            self.kept.append(kept)
+        if sum(len(e) for e in self.ends) == 0:
+            raise DatasetError(
+                self.uid,
+                "terminals.",
+                "no step ends an episode (terminals and truncations are all 0): no complete "
+                "episode to import",
+            )
+        if disagree:
+            self.notes.append(
+                f"terminals/truncations: agents disagree on {disagree} steps; a step ends the "
+                "episode when any agent's flag is set"
+            )
+        if dropped:
+            self.notes.append(
+                f"dropped {dropped} steps after the last episode end of their batch row "
+                "(an unfinished episode)"
+            )
+
+    def _describe(self, obs_dim: int, shapes: dict[str, tuple]) -> None:
+        opts, n = self.options, self.num_agents
+        lengths = np.concatenate([np.diff(np.concatenate([[-1], e])) for e in self.ends])
+        act = self.stores["actions."]
+        discrete = np.issubdtype(act.dtype.numpy_dtype, np.integer)
+        self.squeeze_actions = discrete and act.ndim == 4 and act.shape[3] == 1
+        if discrete:
+            if LEGALS in self.stores:
+                num_actions = int(self.stores[LEGALS].shape[-1])
+            else:
+                top = max(
+                    int(self._read("actions.", b, 0, self.kept[b]).max())
+                    for b in range(self.batch)
+                    if self.kept[b]
+                )
+                num_actions = top + 1
+                self.notes.append(
+                    f"legal_actions: the vault has no {LEGALS!r}; every action is legal and "
+                    f"the number of actions ({num_actions}) is the largest action taken + 1"
+                )
+            bounds: dict[str, Any] = {}
+        else:
+            num_actions = int(act.shape[3])
+            bounds = continuous_bounds(num_actions, opts.action_bound)
+            if LEGALS in self.stores:
+                self.notes.append(f"{LEGALS!r} not kept: the actions are continuous")
+
+        first = self._read("observations.", 0, 0, min(self.kept[0] or 1, opts.block_rows))
+        self.agent_id = AgentId(first, opts.strip_agent_id, self.notes, self.uid, "observations.")
+        obs_dim = self.agent_id.size(obs_dim)
+
+        self.reducer = None
+        if STATE not in self.stores:
+            state_dim, concat = n * obs_dim, True
+            self.notes.append(f"states: the vault has no {STATE!r}; observations concatenated")
+        elif self.stores[STATE].ndim == 4:
+            self.reducer = StateReducer(
+                opts.state_reduction,
+                self._read(STATE, 0, 0, min(self.kept[0] or 1, opts.block_rows)),
+                str(self.uid),
+                STATE,
+            )
+            state_dim, concat = self.reducer.dim(n, int(self.stores[STATE].shape[3])), False
+            self.notes.append(self.reducer.note)
+        else:
+            state_dim, concat = int(self.stores[STATE].shape[2]), False
+        note = reward_note(opts.team_reward, self.stores["rewards."].ndim >= 3)
+        if note:
+            self.notes.append(note)
+        self.notes.append(final_note(opts.final, "the vault", legal=discrete))
+        if self.batch > 1:
+            self.notes.append(f"batch rows 0..{self.batch - 1} concatenated along time, in order")
+        unused = sorted(set(self.stores) - {*REQUIRED, STATE, LEGALS})
+        if unused:
+            self.notes.append(f"leaves not kept: {unused}")
+
+        scenario = self.uid.parent.name.removesuffix(".vlt")
+        self.spec = EnvSpec(
+            env_id=opts.env_id or f"og-marl:{scenario}",
+            num_agents=n,
+            obs_dim=obs_dim,
+            state_dim=state_dim,
+            action_dim=num_actions,
+            discrete=discrete,
+            episode_limit=opts.episode_limit or int(lengths.max()),
+            state_is_obs_concat=concat,
+            **bounds,
+        )
+        self.quality = opts.quality or self.uid.name.lower()
+        self.total = sum(self.kept)
+        self.provenance = {
+            "vault": {"path": str(self.uid), "uid": self.uid.name, "version": self.version},
+            "batch_rows": [
+                {"row": b, "steps": self.kept[b], "episodes": len(self.ends[b])}
+                for b in range(self.batch)
+            ],
+            "transformations": self.notes,
+        }
+        self.where = {
+            "observations": Located(str(self.uid), "observations."),
+            "final_observations": Located(str(self.uid), "observations."),
+            "actions": Located(str(self.uid), "actions."),
+            "rewards": Located(str(self.uid), "rewards."),
+            "terminals": Located(str(self.uid), "terminals."),
+            "truncations": Located(str(self.uid), "truncations."),
+            "states": Located(str(self.uid), STATE),
+            "final_states": Located(str(self.uid), STATE),
+            "legal_actions": Located(str(self.uid), LEGALS),
+            "final_legal_actions": Located(str(self.uid), LEGALS),
+        }
+
+    def blocks(self) -> Iterator[Block]:
+        opts = self.options
+        for b in range(self.batch):
+            ends, terminal = self.ends[b], self.terminal[b]
+            for lo, hi, block_ends in episode_blocks(ends, opts.block_rows):
+                names = [n for n in (*REQUIRED, STATE, LEGALS) if n in self.stores]
+                futures = {n: self.stores[n][b, lo:hi].read() for n in names}
+                raw = {n: f.result() for n, f in futures.items()}
+                obs = self.agent_id(
+                    raw["observations."].astype(np.float32, copy=False),
+                    lambda t, i, d, b=b, lo=lo: (str(self.uid), "observations.", (b, lo + t, i, d)),
+                )
+                if STATE not in raw:
+                    states = obs.reshape(hi - lo, -1)
+                elif self.reducer is not None:
+                    states = self.reducer(raw[STATE], lo)
+                else:
+                    states = raw[STATE]
+                actions = raw["actions."]
+                if self.spec.discrete:
+                    if self.squeeze_actions:
+                        actions = actions[..., 0]
+                    actions = actions.astype(np.int32)
+                    legal = (
+                        raw[LEGALS] != 0
+                        if LEGALS in raw
+                        else np.ones((hi - lo, self.num_agents, self.spec.action_dim), bool)
+                    )
+                else:
+                    actions, legal = actions.astype(np.float32, copy=False), None
+                first = int(np.searchsorted(ends, lo))
+                origin = np.stack([np.full(hi - lo, b), np.arange(lo, hi)], axis=1)
+                yield assemble(
+                    observations=obs,
+                    states=states,
+                    actions=actions,
+                    legal=legal,
+                    rewards=team_reward(raw["rewards."], opts.team_reward),
+                    ends=block_ends,
+                    terminal=terminal[first : first + len(block_ends)],
+                    origin=origin,
+                    final=opts.final,
+                )
