@@ -201,3 +201,13 @@ def test_data_import_command_reports_progress_and_transformations(vlt, tmp_path)
     assert out.returncode == 2 and "already holds a dataset" in out.stderr
     out = run(*again, ok=False)  # every uid, into sub-directories of a dataset: refused
     assert out.returncode == 2 and "must not be a dataset itself" in out.stderr
+
+
+def test_a_macflow_task_id_must_match_the_data(vlt, tmp_path):
+    path, _ = vlt
+    opts = ImportOptions(env_id="smax/3m", uid="Good")
+    with pytest.raises(
+        ValueError, match=r"--env-id smax/3m: the data do not match that task \(obs_dim 5"
+    ):
+        import_dataset("og-marl", path, tmp_path / "x", opts, quiet=True)
+    assert not (tmp_path / "x").exists()
