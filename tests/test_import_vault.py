@@ -201,6 +201,8 @@ def test_data_import_command_reports_progress_and_transformations(vlt, tmp_path)
     assert out.returncode == 2 and "already holds a dataset" in out.stderr
     out = run(*again, ok=False)  # every uid, into sub-directories of a dataset: refused
     assert out.returncode == 2 and "must not be a dataset itself" in out.stderr
+    out = run("data", "import", "omar", str(tmp_path / "nothing"), "--out", "y", ok=False)
+    assert out.returncode == 2 and f"{tmp_path / 'nothing'}: does not exist" in out.stderr
 
 
 def test_a_macflow_task_id_must_match_the_data(vlt, tmp_path):

@@ -23,6 +23,7 @@ from typing import Any, Literal, get_args
 from macflow.data.dataset import Dataset
 from macflow.data.imports.common import ImportOptions, Source
 from macflow.data.io import created_now
+from macflow.data.schema import DatasetError
 from macflow.data.stream import save_stream
 
 Format = Literal["og-marl", "omar", "omiga", "cfcql", "madiff"]
@@ -69,7 +70,7 @@ def open_sources(fmt: str, src: str | Path, options: ImportOptions) -> list[tupl
     """The datasets inside ``src`` as streamable sources, with their sub-directory names."""
     src = Path(src)
     if not src.exists():
-        raise FileNotFoundError(f"{src} does not exist")
+        raise DatasetError(src, None, "does not exist")
     return _module(fmt).open_sources(src, options)
 
 
