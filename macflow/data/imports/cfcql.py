@@ -34,11 +34,11 @@ from macflow.data.imports.common import (
     reward_note,
     team_reward,
 )
+from macflow.data.imports.hdf5 import SUFFIXES, HdfSource, holds
 from macflow.data.schema import DatasetError
 from macflow.data.stream import Block, Located
 from macflow.envs.base import EnvSpec
 
-SUFFIXES = (".h5", ".hdf5")
 KEYS = ("state", "obs", "actions", "avail_actions", "reward", "terminated", "filled")
 QUALITIES = ("medium_replay",)  # qualities holding an underscore (CFCQL's h5file_suffix)
 SHAPES = {
@@ -52,20 +52,8 @@ SHAPES = {
 }
 
 
-def _is_cfcql(file: Path) -> bool:
-    if file.suffix not in SUFFIXES or not file.is_file():
-        return False
-    try:
-        with h5py.File(file, "r") as f:
-            return all(isinstance(f.get(k), h5py.Dataset) for k in ("filled", "avail_actions"))
-    except OSError:
-        return False
-
-
 def looks_like(src: Path) -> bool:
-    if src.is_dir():
-        return any(_is_cfcql(p) for p in sorted(src.iterdir()))
-    return _is_cfcql(src)
+    return holds(src, ("filled", "avail_actions"))
 
 
 def open_sources(src: Path, options: ImportOptions) -> list[tuple[str, CfcqlSource]]:
@@ -83,20 +71,8 @@ def split_name(stem: str) -> tuple[str, str | None]:
     return (name, quality) if sep and name and quality else (stem, None)
 
 
-class CfcqlSource:
+class CfcqlSource(HdfSource):
     """One CFCQL file, scanned for its episodes and read block by block of episodes."""
-
-    def __init__(self, file: Path, options: ImportOptions):
-        self.file, self.options = file.absolute(), options
-        self.name = str(self.file)
-        self.notes: list[str] = []
-        try:
-            with h5py.File(self.file, "r") as f:
-                self._shapes(f)
-                self._scan(f)
-                self._describe(f)
-        except OSError as err:
-            raise DatasetError(self.file, None, f"cannot read it as HDF5 ({err})") from err
 
     def _shapes(self, f: h5py.File) -> None:
         for key in KEYS:

@@ -41,11 +41,11 @@ from macflow.data.imports.common import (
     reward_note,
     team_reward,
 )
+from macflow.data.imports.hdf5 import SUFFIXES, HdfSource, holds
 from macflow.data.schema import DatasetError
 from macflow.data.stream import Block, Located
 from macflow.envs.base import EnvSpec
 
-SUFFIXES = (".hdf5", ".h5")
 SNIFF = ("o", "a", "r", "d")
 TIME_LIMIT = 1000  # MuJoCo's (gym v2) time limit, which OMIGA's data were collected under
 NAME = re.compile(r"^(?P<task>.+?-\d+x\d+\w*)-(?P<quality>[^.]+)$")
@@ -59,20 +59,8 @@ EPISODE_RULE = {
 }
 
 
-def _is_omiga(file: Path) -> bool:
-    if file.suffix not in SUFFIXES or not file.is_file():
-        return False
-    try:
-        with h5py.File(file, "r") as f:
-            return all(isinstance(f.get(k), h5py.Dataset) for k in SNIFF)
-    except OSError:
-        return False
-
-
 def looks_like(src: Path) -> bool:
-    if src.is_dir():
-        return any(_is_omiga(p) for p in sorted(src.iterdir()))
-    return _is_omiga(src)
+    return holds(src, SNIFF)
 
 
 def open_sources(src: Path, options: ImportOptions) -> list[tuple[str, OmigaSource]]:
@@ -122,20 +110,8 @@ def split_episodes(
     return as_int(starts), as_int(ends), np.asarray(terminal, bool), as_int(finals), skipped
 
 
-class OmigaSource:
+class OmigaSource(HdfSource):
     """One OMIGA file, scanned for its episodes and read block by block."""
-
-    def __init__(self, file: Path, options: ImportOptions):
-        self.file, self.options = file.absolute(), options
-        self.name = str(self.file)
-        self.notes: list[str] = []
-        try:
-            with h5py.File(self.file, "r") as f:
-                self._shapes(f)
-                self._scan(f)
-                self._describe(f)
-        except OSError as err:
-            raise DatasetError(self.file, None, f"cannot read it as HDF5 ({err})") from err
 
     def _shapes(self, f: h5py.File) -> None:
         """Check the datasets' presence and shapes against ``o``'s ``(T, N, O)``."""
