@@ -98,8 +98,8 @@ def team_reward(rewards: np.ndarray, how: str) -> np.ndarray:
     r = r.reshape(r.shape[0], -1)
     if r.shape[1] == 1:
         return r[:, 0]
-    if how == "agent0":
-        return r[:, 0].astype(np.float32)
+    if how == "agent0" or (how == "mean" and (r == r[:, :1]).all()):
+        return r[:, 0].astype(np.float32)  # a shared reward's mean is itself, without rounding
     return (r.mean(axis=1) if how == "mean" else r.sum(axis=1)).astype(np.float32)
 
 
