@@ -128,9 +128,9 @@ def import_dataset(
         }
         if command:
             provenance["command"] = command
-        with progress_bar("rows", console=console, disable=quiet) as bar:
+        with progress_bar(console=console, disable=quiet) as bar:
             label = f"import {Path(src).name}" + (f"/{name}" if name else "")
-            task = bar.add_task(label, total=source.total, rows="")
+            task = bar.add_task(label, total=source.total)
 
             def advance(block, bar=bar, task=task):
                 bar.update(task, advance=block.consumed)
