@@ -6,7 +6,9 @@ win rate where the task reports one). Across datasets, rliable's interquartile m
 of the normalised scores, with 95% stratified-bootstrap confidence intervals (runs resampled
 within each dataset; Agarwal et al., NeurIPS 2021), summarise each algorithm. An algorithm that
 cannot run every dataset is aggregated only over the datasets it ran, and reported apart, since
-intervals over different dataset sets do not compare.
+intervals over different dataset sets do not compare. Per dataset, a percentile bootstrap of the
+mean over seeds (seeds resampled with replacement) gives each cell a 95% interval, which is what
+"A beats B on this dataset" is read from.
 """
 
 from __future__ import annotations
@@ -68,6 +70,36 @@ def cell_stats(record: dict, mode: str) -> dict:
             entry["reason"] = row.get("reason", "")
         stats.setdefault((row["task"], row["quality"]), {})[row["cell"]] = entry
     return stats
+
+
+def seed_interval(values, reps: int = 2000, seed: int = 0) -> tuple[float, float]:
+    """95% percentile-bootstrap interval of the mean of ``values`` (seeds resampled)."""
+    values = np.asarray(values, dtype=float)
+    rng = np.random.default_rng(seed)
+    means = values[rng.integers(0, len(values), (reps, len(values)))].mean(axis=1)
+    lo, hi = np.percentile(means, [2.5, 97.5])
+    return float(lo), float(hi)
+
+
+def interval_table(record: dict, mode: str, reps: int = 2000) -> str:
+    """Per dataset: each cell's mean over seeds with its 95% seed-bootstrap interval."""
+    stats = cell_stats(record, mode)
+    cells = _cells(record)
+    lines = [
+        "| task | quality | " + " | ".join(cells) + " |",
+        "|---" * (len(cells) + 2) + "|",
+    ]
+    for task, quality in _datasets(record):
+        texts = []
+        for cell in cells:
+            e = stats[(task, quality)].get(cell, {"status": "missing"})
+            if e["status"] == "done":
+                lo, hi = seed_interval(e["seeds"], reps)
+                texts.append(f"{e['mean']:.1f} [{lo:.1f}, {hi:.1f}]")
+            else:
+                texts.append({"n/a": "n/a", "failed": "failed"}.get(e["status"], "-"))
+        lines.append(f"| {task} | {quality} | " + " | ".join(texts) + " |")
+    return "\n".join(lines)
 
 
 def _data_score(record: dict, task: str, quality: str) -> float | None:
@@ -221,6 +253,13 @@ def write_results(record: dict, out: Path, reps: int = 2000) -> dict:
     text = ["# Sweep results", "", f"Sweep file: `{record['sweep']}`.", ""]
     for mode in MODES:
         text += [f"## Per dataset, {mode} mode (mean ± std over seeds)", "", tables[mode], ""]
+    for mode in MODES:
+        text += [
+            f"## Per dataset, {mode} mode: mean [95% bootstrap interval over seeds]",
+            "",
+            interval_table(record, mode, reps),
+            "",
+        ]
     for est in estimates:
         text += [f"## Across datasets, {est['mode']} mode", "", iqm_markdown(est), ""]
     if failed:

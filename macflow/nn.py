@@ -49,10 +49,14 @@ def agent_ids(batch_shape: tuple[int, ...], n: int) -> Array:
 
 
 class JointVelocity(nn.Module):
-    """Flow velocity over the whole joint action: ``v(x_t, t, s[, o_1..o_N]) -> [B, N, D]``.
+    """Flow field over the whole joint action: ``f(x_t, t, s[, o_1..o_N][, legal]) -> [B, N, D]``.
 
-    A flat MLP on the concatenated joint action, so every agent's velocity depends on every other
-    agent's current action: the joint distribution, not a product of marginals, is learnt.
+    A flat MLP on the concatenated joint action, so every agent's output depends on every other
+    agent's current action: the joint distribution, not a product of marginals, is learnt. The
+    output is a velocity, or per-agent logits for the discrete posterior teacher, which also
+    passes every agent's legal mask ``[B, N, D]`` (a discontinuous function of the state that an
+    MLP would otherwise have to learn) and, in its ``bayes`` form, every agent's normalised path
+    likelihood ``evidence [B, N, D]``.
     """
 
     hidden: Sequence[int]
@@ -60,17 +64,29 @@ class JointVelocity(nn.Module):
     use_obs: bool = False
 
     @nn.compact
-    def __call__(self, x: Array, t: Array, state: Array, obs: Array) -> Array:
+    def __call__(
+        self,
+        x: Array,
+        t: Array,
+        state: Array,
+        obs: Array,
+        legal: Array | None = None,
+        evidence: Array | None = None,
+    ) -> Array:
         b, n, d = x.shape
         parts = [x.reshape(b, n * d), time_features(t), state]
         if self.use_obs:
             parts.append(obs.reshape(b, -1))
+        for extra in (legal, evidence):
+            if extra is not None:
+                parts.append(extra.reshape(b, -1).astype(x.dtype))
         out = MLP(self.hidden, n * d, self.layer_norm)(jnp.concatenate(parts, axis=-1))
         return out.reshape(b, n, d)
 
 
 class PerAgentVelocity(nn.Module):
-    """The public code's design: ``v(x_t,i, t, o_i, id_i)`` per agent, shared weights, no state.
+    """The public code's design: ``v(x_t,i, t, o_i, id_i[, legal_i])`` per agent, shared weights,
+    no state.
 
     Agents are independent given their observations: the learnt "joint" is a product of
     per-agent conditionals.
@@ -81,12 +97,23 @@ class PerAgentVelocity(nn.Module):
     use_obs: bool = True
 
     @nn.compact
-    def __call__(self, x: Array, t: Array, state: Array, obs: Array) -> Array:
+    def __call__(
+        self,
+        x: Array,
+        t: Array,
+        state: Array,
+        obs: Array,
+        legal: Array | None = None,
+        evidence: Array | None = None,
+    ) -> Array:
         b, n, d = x.shape
         tf = time_features(t)
         tf = jnp.broadcast_to(tf[:, None, :], (b, n, tf.shape[-1]))
-        inp = jnp.concatenate([x, tf, obs, agent_ids((b,), n)], axis=-1)
-        return MLP(self.hidden, d, self.layer_norm)(inp)
+        parts = [x, tf, obs, agent_ids((b,), n)]
+        for extra in (legal, evidence):  # each agent's own mask and evidence only
+            if extra is not None:
+                parts.append(extra.astype(x.dtype))
+        return MLP(self.hidden, d, self.layer_norm)(jnp.concatenate(parts, axis=-1))
 
 
 class Student(nn.Module):

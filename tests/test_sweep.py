@@ -14,7 +14,13 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from macflow.aggregate import cell_stats, interval_estimates, markdown_table
+from macflow.aggregate import (
+    cell_stats,
+    interval_estimates,
+    interval_table,
+    markdown_table,
+    seed_interval,
+)
 from macflow.data import save
 from macflow.data.collect import collect
 from macflow.envs import make_env
@@ -157,6 +163,11 @@ def test_aggregates_match_their_definitions():
     np.testing.assert_allclose(table[("a", "q")]["x"]["mean"], np.mean(scores[("a", "x")]))
     np.testing.assert_allclose(table[("a", "q")]["x"]["std"], np.std(scores[("a", "x")]))
     assert "(win 50%)" in markdown_table(record, "sample")
+    # Seed bootstrap: resamples of 3 seeds; the interval spans the possible means' 2.5-97.5%.
+    lo, hi = seed_interval([1.0, 2.0, 6.0], reps=4000)
+    assert 1.0 <= lo < 3.0 < hi <= 6.0 and lo < 1.7 and hi > 4.5
+    assert seed_interval([5.0, 5.0, 5.0]) == (5.0, 5.0)
+    assert f"{np.mean(scores[('a', 'x')]):.1f} [" in interval_table(record, "sample")
     est = interval_estimates(record, "sample", reps=500)
     for cell in ("x", "y"):
         pooled = np.concatenate([scores[(t, cell)] for t in "abcd"])

@@ -96,3 +96,15 @@ def from_unit(spec: EnvSpec, unit: Array) -> Array:
 def masked_logits(logits: Array, legal: Array | None) -> Array:
     """Illegal actions get a large negative logit (finite, so gradients stay finite)."""
     return logits if legal is None else jnp.where(legal, logits, -1e9)
+
+
+def categorical_kl(target: Array, logits: Array) -> Array:
+    """``KL(target || softmax(logits))`` over the last axis, ``[...]``.
+
+    ``target`` is a probability vector that is 0 wherever ``logits`` are masked. Its gradient in
+    the logits is ``softmax(logits) - target`` (the soft-label cross-entropy's), so it vanishes
+    exactly when the two distributions agree; for a one-hot target it is the hard-label
+    cross-entropy.
+    """
+    logp = jax.nn.log_softmax(logits)
+    return (jax.scipy.special.xlogy(target, target) - target * logp).sum(axis=-1)

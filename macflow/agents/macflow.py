@@ -6,13 +6,28 @@ or as one-hot vectors (discrete), the joint action being ``x = (a_1, ..., a_N)``
 1. Flow matching (behaviour model, stage 1): ``x_t = (1 - t) x_0 + t x_1`` with ``x_0 ~ N(0, I)``,
    ``L_flow = E || v(x_t, t, s) - (x_1 - x_0) ||^2``. The teacher ``a* = Flow_K(z; s)`` integrates
    v with K Euler steps from the joint noise ``z = (z_1, ..., z_N)``.
+   Discrete actions (``x_1 = onehot(a)``), ``teacher_param="posterior"`` (our extension, the
+   default; docs/macflow.md derives it): per-agent posteriors on the same path,
+   ``pi_i(. | x_t, t, s, legal) = softmax(masked (l_i + f_i))`` with ``l_i = t x_t,i / (1 - t)^2``
+   the path's exact log-likelihood and the network ``f`` also reading every agent's
+   ``softmax(l_j)`` (``posterior_form="bayes"``; ``"plain"``: ``f`` alone), trained by
+   cross-entropy ``L = E mean_i -log pi_i(a_i | x_t, t, s)``. The velocity it implies is
+   ``E[x_1 - x_0 | x_t] = (pi - x_t) / (1 - t)``; K - 1 Euler steps with it, then the action is
+   drawn from ``pi`` at ``t = (K - 1) / K`` with the Gumbel part g of the joint noise
+   (``argmax log pi + g``; zero noise: ``argmax pi``). With K = 1 it is categorical BC on the
+   state. ``teacher_param="velocity"`` is the paper's regression onto one-hots + legal argmax.
 2. Distillation under the noise coupling: ``L_dist = E mean_i || mu(o_i, id_i, z_i) - a*_i ||^2``
-   (discrete: cross-entropy to the teacher's legal argmax). Summed over agents it bounds
-   ``W2^2(joint, product of students)``; ``actor/w2_proxy`` logs its square root.
+   (discrete: ``KL(pi*_i || softmax(masked mu_i))`` to the teacher's per-agent probabilities for
+   the same z with ``distill="soft"``; cross-entropy to its sampled label with ``"hard"``). Summed
+   over agents it bounds ``W2^2(joint, product of students)``; ``actor/w2_proxy`` logs its
+   square root.
 3. IGM critic: ``Q_tot = Mix(Q_1(o_1, a_1), ..., Q_N(o_N, a_N); s)`` (VDN or QMIX), TD target
    ``r + gamma * bootstrap * Q'_tot(s', a')`` with ``a'`` from the current students and the
-   bootstrap mask 0 only after a terminal. The ``independent`` mixer is the "without IGM mixing"
-   ablation: each utility regresses the team target on its own,
+   bootstrap mask 0 only after a terminal (heads averaged, or their minimum with ``q_agg="min"``).
+   Discrete, ``cql > 0`` (CQL, arXiv 2006.04779): ``+ cql * E mean_i [logsumexp_a Q_i(o_i, a) -
+   Q_i(o_i, a_i)]`` keeps the utilities of actions the data never took below the data's. The
+   ``independent`` mixer is the "without IGM mixing" ablation: each utility regresses the team
+   target on its own,
    ``y_i = r + gamma * bootstrap * Q'_i(o'_i, a'_i)`` (independent learners, no factorisation of
    ``Q_tot``), and the actor's Q term is ``sum_i Q_i``.
 4. Policy extraction: ``L_actor = alpha * L_dist - lambda * Q_tot(students' actions)``,
@@ -20,7 +35,8 @@ or as one-hot vectors (discrete), the joint action being ``x = (a_1, ..., a_N)``
    (expected utility ``sum_a pi_i(a) Q_i(a)``), so the Q term really reaches them (the public
    code's argmax gives zero gradient).
 
-Presets: ``paper`` (joint teacher on the state, two stages) and ``reference`` (the public code's
+Presets: ``paper`` (joint teacher on the state, two stages; discrete: the posterior teacher,
+soft targets, ``q_agg="min"``, ``cql=1``) and ``reference`` (the public code's
 choices: per-agent teacher, simultaneous losses, VDN-mean, its widths, alpha and discount; without
 its bugs). ``shared_noise`` gives every student the whole joint noise, drawn from a seed all agents
 share at execution, so decentralised students can reproduce correlated modes such as XOR.
@@ -37,7 +53,15 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
-from macflow.agents.base import Stage, adam_step, from_unit, masked_logits, polyak, to_unit
+from macflow.agents.base import (
+    Stage,
+    adam_step,
+    categorical_kl,
+    from_unit,
+    masked_logits,
+    polyak,
+    to_unit,
+)
 from macflow.envs.base import EnvSpec
 from macflow.nn import (
     Critic,
@@ -46,6 +70,7 @@ from macflow.nn import (
     QMixer,
     Student,
     agent_ids,
+    pick,
     utilities,
 )
 
@@ -61,6 +86,23 @@ class MACFlowConfig:
     ``per-agent``: the public code's shared-weight field on each agent's own observation."""
     teacher_obs: bool = False
     """The joint teacher also sees every agent's observation (besides the state)."""
+    teacher_param: Literal["posterior", "velocity"] = "posterior"
+    """Discrete actions only (a continuous teacher always regresses the velocity).
+    ``posterior``: the field reads ``(x_t, t, s, every agent's legal mask)`` and outputs
+    per-agent logits of the data's action, trained by cross-entropy; sampling integrates the
+    velocity they imply, ``(pi - x_t) / (1 - t)``, and draws the action from the last step's
+    ``pi`` with the joint noise's Gumbel part. ``velocity``: the paper's MSE regression of
+    ``x_1 - x_0`` onto one-hot targets, decoded by the legal argmax."""
+    posterior_form: Literal["bayes", "plain"] = "bayes"
+    """Posterior teacher's logits. ``bayes``: Bayes' rule on the path, ``l_i + f``, with
+    ``l_i = t x_t,i / (1 - t)^2`` agent i's exact Gaussian log-likelihood and the network ``f``
+    also reading every agent's normalised likelihood ``softmax(masked l_j)``, of which the
+    exact correction (the prior given the state and the other agents' evidence) is a smooth
+    function. ``plain``: the network's logits alone (docs/macflow.md compares both)."""
+    distill: Literal["soft", "hard"] = "soft"
+    """Discrete only: what the students distil for the teacher's joint noise. ``soft``: its
+    per-agent probabilities (KL to them); ``hard``: its sampled label (cross-entropy, the
+    paper). A velocity teacher has no probabilities, so its label is the target either way."""
     teacher_hidden: tuple[int, ...] = (512, 512, 512, 512)
     """Hidden widths of the velocity field."""
     flow_steps: int = 10
@@ -78,8 +120,15 @@ class MACFlowConfig:
     ``independent`` (the "without IGM mixing" ablation) trains each ``Q_i(o_i, a_i)`` on the team
     target ``r + gamma * bootstrap * Q'_i(o'_i, a'_i)`` by itself, so no ``Q_tot`` is factorised
     and IGM is not guaranteed; the actor's Q term is ``sum_i Q_i``."""
+    cql: float = 0.0
+    """Discrete only: weight of a conservative penalty on the per-agent utilities,
+    ``E mean_i [logsumexp_a Q_i(o_i, a) - Q_i(o_i, a_i)]`` over legal actions (CQL's), added to the
+    TD loss. Without it the expected-utility Q term pushes the students onto actions the data
+    never took, whose utilities the critic has never been trained on (the ``paper`` preset uses
+    1 for discrete tasks; docs/results.md)."""
     q_agg: Literal["mean", "min"] = "mean"
-    """How the target heads are combined."""
+    """How the target heads are combined: their mean, or their minimum (TD3's clipped double
+    Q; the ``paper`` preset's choice for discrete tasks)."""
     discount: float = 0.99
     """Discount gamma."""
     tau: float = 0.005
@@ -96,9 +145,11 @@ class MACFlowConfig:
     teacher_steps: int = 100_000
     """Updates of stage 1 (two-stage schedule only)."""
     teacher_cache: int = 4
-    """Two-stage only: when stage 2 starts, the frozen teacher's actions are computed once for
+    """Two-stage only: when stage 2 starts, the frozen teacher's targets are computed once for
     this many noise draws per dataset row and looked up afterwards (the noise is regenerated from
-    a stored key, so only the targets take memory). 0: run the teacher on every update."""
+    a stored key, so only the targets take memory: per row ``4 M N D`` bytes continuous,
+    ``2 M N A`` discrete soft (float16), ``M N`` discrete hard). 0: run the teacher on every
+    update."""
     lr: float = 3e-4
     """Adam learning rate of every network."""
 
@@ -111,6 +162,14 @@ class MACFlowConfig:
             raise ValueError(
                 f"need flow_steps, critic_heads >= 1, teacher_steps/cache >= 0: {self}"
             )
+        choices = {
+            "teacher_param": ("posterior", "velocity"),
+            "posterior_form": ("bayes", "plain"),
+            "distill": ("soft", "hard"),
+        }
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
 
 
 def _noise(key: Array, shape: tuple[int, ...], mode: str) -> Array:
@@ -119,13 +178,21 @@ def _noise(key: Array, shape: tuple[int, ...], mode: str) -> Array:
 
 
 def _paper(spec: EnvSpec) -> MACFlowConfig:
-    return MACFlowConfig(alpha=3.0 if spec.discrete else 1.0)
+    if not spec.discrete:
+        return MACFlowConfig(alpha=1.0)
+    # Discrete (docs/results.md, SMAX tuning): clipped double-Q targets, since with the mean of
+    # the heads one seed of three on smax/3m medium overestimated (Q_tot 5.2 where returns are
+    # at most 2) and collapsed; and conservative utilities, since without them the students
+    # collapsed on smax/3m good and smax/5m_vs_6m medium by exploiting untrained actions.
+    return MACFlowConfig(alpha=3.0, q_agg="min", cql=1.0)
 
 
 def _reference(spec: EnvSpec) -> MACFlowConfig:
     width = (256,) * 4 if spec.discrete else (512,) * 4
     return MACFlowConfig(
         teacher="per-agent",
+        teacher_param="velocity",
+        distill="hard",
         teacher_hidden=width,
         student_hidden=width,
         critic_hidden=width,
@@ -160,6 +227,16 @@ class MACFlow(struct.PyTreeNode):
     def _dim(self) -> int:
         return self.spec.action_dim
 
+    @property
+    def _posterior(self) -> bool:
+        """The discrete teacher predicts per-agent probabilities (not a velocity)."""
+        return self.spec.discrete and self.config.teacher_param == "posterior"
+
+    @property
+    def _soft(self) -> bool:
+        """The students distil the teacher's probabilities (not its sampled labels)."""
+        return self._posterior and self.config.distill == "soft"
+
     def _teacher(self):
         c = self.config
         if c.teacher == "joint":
@@ -182,8 +259,11 @@ class MACFlow(struct.PyTreeNode):
         shell = cls(rng=key, cache_key=key, params={}, target={}, opt={}, config=config, spec=spec)
         k_t, k_s, k_c, k_m, rng = jax.random.split(key, 5)
         shared = x.reshape(1, -1) if config.shared_noise else None
+        masks = ()
+        if shell._posterior:
+            masks = (jnp.ones(x.shape, bool),) + (x,) * (config.posterior_form == "bayes")
         params = {
-            "teacher": shell._teacher().init(k_t, x, jnp.zeros(1), state, obs),
+            "teacher": shell._teacher().init(k_t, x, jnp.zeros(1), state, obs, *masks),
             "student": shell._student().init(k_s, obs, agent_ids((1,), n), x, shared),
             "critic": shell._critic().init(k_c, obs, None if spec.discrete else x),
             "mixer": QMixer().init(k_m, jnp.zeros((1, n)), state) if config.mixer == "qmix" else {},
@@ -212,22 +292,71 @@ class MACFlow(struct.PyTreeNode):
             return jax.nn.one_hot(batch.actions, self._dim)
         return to_unit(self.spec, batch.actions)
 
-    def teacher_sample(self, params, noise: Array, states: Array, obs: Array, legal) -> Array:
-        """Integrate the flow from joint noise ``[B, N, D]`` with K Euler steps.
+    def _field(self, params, x: Array, t: Array, states, obs, legal) -> Array:
+        """The teacher's output ``[B, N, D]``: a velocity, or logits (posterior: the network also
+        reads the legal masks, a task without masks has every action legal, and adds the exact
+        likelihood in the ``bayes`` form)."""
+        if not self._posterior:
+            return self._teacher().apply(params, x, t, states, obs)
+        mask = jnp.ones(x.shape, bool) if legal is None else legal
+        if self.config.posterior_form == "plain":
+            return self._teacher().apply(params, x, t, states, obs, mask)
+        # log N(x_t,i; t e_a, (1 - t)^2 I) = t x_t,i,a / (1 - t)^2 + terms free of a.
+        loglik = (t / jnp.maximum(1 - t, 1e-3) ** 2)[:, None, None] * x
+        evidence = jax.nn.softmax(masked_logits(loglik, mask))
+        return loglik + self._teacher().apply(params, x, t, states, obs, mask, evidence)
 
-        Returns actions in [-1, 1] (continuous) or legal argmax indices ``[B, N]`` (discrete).
+    def _probs(self, params, x: Array, t: Array, states, obs, legal) -> Array:
+        """Posterior teacher: ``pi(a_i | x_t, t, s)`` ``[B, N, A]``, 0 on illegal actions."""
+        return jax.nn.softmax(masked_logits(self._field(params, x, t, states, obs, legal), legal))
+
+    def teacher_flow(self, params, noise: Array, states: Array, obs: Array, legal) -> Array:
+        """Integrate the flow from joint noise ``[B, N, D]`` with K Euler steps: its end point.
+
+        Velocity field: ``x_K``. Posterior (discrete): K - 1 steps of ``(pi - x_t) / (1 - t)``
+        from ``t = 0``, then ``pi`` at ``t_{K-1} = (K - 1) / K``, where the K-th step lands
+        exactly (``x_{K-1} + (pi - x_{K-1}) / (1 - t_{K-1}) / K = pi``): per-agent probabilities.
         """
         k = self.config.flow_steps
-        net = self._teacher()
+
+        if self._posterior:
+
+            def euler(x, i):
+                t = jnp.full(x.shape[:1], i / k)
+                pi = self._probs(params, x, t, states, obs, legal)
+                return x + (pi - x) / jnp.maximum(1 - i / k, 1e-3) / k, None
+
+            x, _ = jax.lax.scan(euler, noise, jnp.arange(k - 1))
+            return self._probs(params, x, jnp.full(x.shape[:1], (k - 1) / k), states, obs, legal)
 
         def euler(x, i):
             t = jnp.full(x.shape[:1], i / k)
-            return x + net.apply(params, x, t, states, obs) / k, None
+            return x + self._field(params, x, t, states, obs, legal) / k, None
 
         x, _ = jax.lax.scan(euler, noise, jnp.arange(k))
-        if self.spec.discrete:
-            return jnp.argmax(masked_logits(x, legal), axis=-1)
-        return jnp.clip(x, -1.0, 1.0)
+        return x
+
+    def _decode(self, end: Array, legal, gumbel: Array | None) -> Array:
+        """The flow's end point -> actions: clipped to [-1, 1] (continuous); discrete indices
+        ``[B, N]``: posterior ``argmax log pi + g`` (``argmax pi`` without Gumbel noise),
+        velocity the legal argmax."""
+        if not self.spec.discrete:
+            return jnp.clip(end, -1.0, 1.0)
+        if not self._posterior:
+            return jnp.argmax(masked_logits(end, legal), axis=-1)
+        if gumbel is None:
+            return jnp.argmax(end, axis=-1)
+        return jnp.argmax(jnp.log(end) + gumbel, axis=-1)  # log 0 = -inf: never illegal
+
+    def teacher_sample(
+        self, params, noise: Array, states: Array, obs: Array, legal, gumbel: Array | None = None
+    ) -> Array:
+        """The teacher's actions for joint noise ``(z, g)``: ``z`` ``[B, N, D]`` Gaussian and,
+        for a sampling posterior teacher, ``g`` ``[B, N, A]`` Gumbel (None: its argmax).
+
+        Returns actions in [-1, 1] (continuous) or legal indices ``[B, N]`` (discrete).
+        """
+        return self._decode(self.teacher_flow(params, noise, states, obs, legal), legal, gumbel)
 
     def _student_out(self, params, obs: Array, noise: Array) -> Array:
         shared = noise.reshape(*noise.shape[:-2], -1) if self.config.shared_noise else None
@@ -260,53 +389,72 @@ class MACFlow(struct.PyTreeNode):
 
     # --- the frozen teacher's cached targets (two-stage) ---------------------------------------
 
-    def _cache_noise(self, key: Array, row: Array) -> Array:
-        """The ``[M, N, D]`` noise draws of one dataset row, regenerated from the cache key."""
+    def _cache_noise(self, key: Array, row: Array) -> tuple[Array, Array]:
+        """The ``[M, N, D]`` Gaussian and Gumbel draws of one dataset row, regenerated from the
+        cache key (the Gumbel part only serves a hard-label posterior teacher)."""
         shape = (self.config.teacher_cache, self.spec.num_agents, self._dim)
-        return jax.random.normal(jax.random.fold_in(key, row), shape)
+        k = jax.random.fold_in(key, row)
+        return jax.random.normal(k, shape), jax.random.gumbel(jax.random.fold_in(k, 1), shape)
+
+    def _teacher_target(self, noise, gumbel, states, obs, legal) -> Array:
+        """What the students distil for joint noise ``(z, g)``: [-1, 1] actions (continuous),
+        the teacher's per-agent probabilities ``[B, N, A]`` (soft), or its labels ``[B, N]``."""
+        end = self.teacher_flow(self.params["teacher"], noise, states, obs, legal)
+        return end if self._soft else self._decode(end, legal, gumbel)
 
     def prepare(self, sampler, stage: str):
-        """Stage 2: the frozen teacher's actions for M noise draws of every dataset row."""
+        """Stage 2: the frozen teacher's targets for M noise draws of every dataset row."""
         m = self.config.teacher_cache
         if stage != "policy" or m == 0:
             return None
         key = self.cache_key
         rows_total = sampler.num_transitions
         size = min(1024, rows_total)
+        if self._soft:  # probabilities in [0, 1]: half precision keeps ~3 significant digits
+            dtype = jnp.float16
+        elif self.spec.discrete:  # labels are small integers
+            dtype = jnp.int8 if self._dim <= 127 else jnp.int16
+        else:
+            dtype = jnp.float32
 
         def block(i):
             rows = jnp.minimum(i * size + jnp.arange(size), rows_total - 1)
             b = sampler.gather(rows)
-            noise = jax.vmap(lambda r: self._cache_noise(key, r))(rows)  # [C, M, N, D]
+            noise, gumbel = jax.vmap(lambda r: self._cache_noise(key, r))(rows)  # [C, M, N, D]
             rep = lambda x: None if x is None else jnp.repeat(x, m, axis=0)  # noqa: E731
-            flat = noise.reshape(size * m, *noise.shape[2:])
-            out = self.teacher_sample(
-                self.params["teacher"],
-                flat,
-                rep(b.states),
-                rep(b.observations),
-                rep(b.legal_actions),
+            flat = lambda x: x.reshape(size * m, *x.shape[2:])  # noqa: E731
+            out = self._teacher_target(
+                flat(noise), flat(gumbel), rep(b.states), rep(b.observations), rep(b.legal_actions)
             )
-            return out.reshape(size, m, *out.shape[1:])
+            return out.reshape(size, m, *out.shape[1:]).astype(dtype)
 
         blocks = jax.lax.map(block, jnp.arange(-(-rows_total // size)))
         targets = blocks.reshape(-1, *blocks.shape[2:])[:rows_total]
-        if self.spec.discrete:  # labels are small integers: keep the cache compact
-            targets = targets.astype(jnp.int8 if self._dim <= 127 else jnp.int16)
         return {"key": key, "targets": targets}
 
     def _distill_pair(self, batch, key, aux) -> tuple[Array, Array]:
-        """Joint noise ``[B, N, D]`` and the frozen teacher's action for it."""
+        """Joint noise ``[B, N, D]`` and the frozen teacher's target for it: [-1, 1] actions
+        (continuous) or per-agent probabilities ``[B, N, A]`` (a one-hot for a label)."""
         if aux is None:
-            noise = jax.random.normal(key, (*batch.observations.shape[:-1], self._dim))
-            teacher = self.teacher_sample(
-                self.params["teacher"], noise, batch.states, batch.observations, batch.legal_actions
+            shape = (*batch.observations.shape[:-1], self._dim)
+            noise = jax.random.normal(key, shape)
+            target = self._teacher_target(
+                noise,
+                jax.random.gumbel(jax.random.fold_in(key, 1), shape),
+                batch.states,
+                batch.observations,
+                batch.legal_actions,
             )
-            return noise, jax.lax.stop_gradient(teacher)
-        draw = jax.random.randint(key, batch.index.shape, 0, self.config.teacher_cache)
-        noise = jax.vmap(lambda r, j: self._cache_noise(aux["key"], r)[j])(batch.index, draw)
-        teacher = aux["targets"][batch.index, draw]
-        return noise, teacher.astype(jnp.int32) if self.spec.discrete else teacher
+        else:
+            draw = jax.random.randint(key, batch.index.shape, 0, self.config.teacher_cache)
+            noise = jax.vmap(lambda r, j: self._cache_noise(aux["key"], r)[0][j])(batch.index, draw)
+            target = aux["targets"][batch.index, draw]
+        if self._soft:
+            target = target.astype(jnp.float32)
+            target = target / target.sum(axis=-1, keepdims=True)  # undo float16 rounding
+        elif self.spec.discrete:
+            target = jax.nn.one_hot(target, self._dim)
+        return noise, jax.lax.stop_gradient(target)
 
     # --- losses -------------------------------------------------------------------------------
 
@@ -315,10 +463,23 @@ class MACFlow(struct.PyTreeNode):
         k_noise, k_time = jax.random.split(key)
         x0 = jax.random.normal(k_noise, x1.shape)
         t = jax.random.uniform(k_time, x1.shape[:1])
+        return self._flow_loss_at(params, batch, x0, t)
+
+    def _flow_loss_at(self, params, batch, x0: Array, t: Array) -> tuple[Array, dict]:
+        """The teacher's loss at given noise ``x0`` ``[B, N, D]`` and times ``t`` ``[B]``: the
+        velocity regression, or the posterior's cross-entropy (mean over agents)."""
+        x1 = self._targets(batch)
         xt = (1 - t[:, None, None]) * x0 + t[:, None, None] * x1
-        v = self._teacher().apply(params, xt, t, batch.states, batch.observations)
-        err = ((v - (x1 - x0)) ** 2).mean(axis=(1, 2))
-        loss = (err * batch.valid).sum() / batch.valid.sum()
+        out = self._field(params, xt, t, batch.states, batch.observations, batch.legal_actions)
+        w = batch.valid / batch.valid.sum()
+        if self._posterior:
+            logits = masked_logits(out, batch.legal_actions)
+            nll = -pick(jax.nn.log_softmax(logits), batch.actions)  # [B, N]
+            loss = (nll.mean(axis=-1) * w).sum()
+            hit = (jnp.argmax(logits, axis=-1) == batch.actions).mean(axis=-1)
+            return loss, {"teacher/flow_loss": loss, "teacher/accuracy": (hit * w).sum()}
+        err = ((out - (x1 - x0)) ** 2).mean(axis=(1, 2))
+        loss = (err * w).sum()
         return loss, {"teacher/flow_loss": loss}
 
     def _regressed(self, params, q: Array, states: Array) -> Array:
@@ -331,14 +492,10 @@ class MACFlow(struct.PyTreeNode):
         ``independent`` mixer), ``a'`` from the current students (legal under the next state's
         mask); bootstrap is 0 only after a terminal."""
         c = self.config
-        next_a = self._policy(
-            self.params["student"], key, batch.next_observations, batch.next_legal_actions, "sample"
-        )
-        q_next = self._regressed(
-            self.target["mixer"],
-            self._utilities(self.target["critic"], batch.next_observations, next_a),
-            batch.next_states,
-        )
+        obs, legal = batch.next_observations, batch.next_legal_actions
+        next_a = self._policy(self.params["student"], key, obs, legal, "sample")
+        u = self._utilities(self.target["critic"], obs, next_a)
+        q_next = self._regressed(self.target["mixer"], u, batch.next_states)
         q_next = q_next.min(axis=0) if c.q_agg == "min" else q_next.mean(axis=0)
         lead = (...,) + (None,) * (q_next.ndim - 1)  # the team reward reaches every agent
         y = batch.rewards[lead] + c.discount * batch.bootstrap[lead] * q_next
@@ -353,8 +510,22 @@ class MACFlow(struct.PyTreeNode):
         )
         err = ((q - y) ** 2).mean(axis=0)
         err = err.reshape(err.shape[0], -1).mean(axis=-1)  # independent: mean over agents
-        loss = (err * batch.valid).sum() / batch.valid.sum()
-        return loss, {"critic/td_loss": loss, "critic/q_mean": q.mean(), "critic/target": y.mean()}
+        w = batch.valid / batch.valid.sum()
+        loss = (err * w).sum()
+        info = {"critic/td_loss": loss, "critic/q_mean": q.mean(), "critic/target": y.mean()}
+        if self.config.cql and self.spec.discrete:
+            q_all = self._critic().apply(critic, batch.observations)  # [H, B, N, A]
+            legal = (
+                jnp.ones(q_all.shape[1:], bool)
+                if batch.legal_actions is None
+                else batch.legal_actions
+            )
+            lse = jax.nn.logsumexp(jnp.where(legal, q_all, -jnp.inf), axis=-1)
+            gap = (lse - pick(q_all, actions[None])).mean(axis=(0, 2))  # [B]
+            cql = (gap * w).sum()
+            loss = loss + self.config.cql * cql
+            info["critic/cql_gap"] = cql
+        return loss, info
 
     def actor_loss(self, student, batch, key, aux=None) -> tuple[Array, dict]:
         c = self.config
@@ -363,12 +534,11 @@ class MACFlow(struct.PyTreeNode):
         out = self._student_out(student, batch.observations, noise)
         critic = self.params["critic"]
         use_q = c.q_weight != 0
-        if self.spec.discrete:
+        if self.spec.discrete:  # teacher: per-agent probabilities (soft or one-hot)
             logits = masked_logits(out, legal)
-            logp = jax.nn.log_softmax(logits)
-            per_agent = -jnp.take_along_axis(logp, teacher[..., None], axis=-1)[..., 0]
-            probs = jnp.exp(logp)
-            sq = ((probs - jax.nn.one_hot(teacher, self._dim)) ** 2).sum(-1)
+            per_agent = categorical_kl(teacher, logits)
+            probs = jax.nn.softmax(logits)
+            sq = ((probs - teacher) ** 2).sum(-1)
             if use_q:
                 q_all = self._critic().apply(critic, batch.observations).mean(axis=0)
                 q = (probs * q_all).sum(axis=-1)
@@ -469,10 +639,18 @@ class MACFlow(struct.PyTreeNode):
         """The joint teacher's actions (centralised: it needs the state), for analysis."""
         shape = (*observations.shape[:-1], self._dim)
         noise = _noise(key, shape, mode)
+        # Sampled posterior teacher: the Gumbel half of the joint noise, drawn like the
+        # students' categorical draws (same key), so a key fixes the whole joint action.
+        gumbel = jax.random.gumbel(jax.random.fold_in(key, 1), shape) if mode == "sample" else None
         lead = observations.shape[:-2]
         flat = lambda x: None if x is None else x.reshape(-1, *x.shape[len(lead) :])  # noqa: E731
         a = self.teacher_sample(
-            self.params["teacher"], flat(noise), flat(states), flat(observations), flat(legal)
+            self.params["teacher"],
+            flat(noise),
+            flat(states),
+            flat(observations),
+            flat(legal),
+            flat(gumbel),
         )
         a = a.reshape(*lead, *a.shape[1:])
         return a if self.spec.discrete else from_unit(self.spec, a)
