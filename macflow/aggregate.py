@@ -83,23 +83,12 @@ def seed_interval(values, reps: int = 2000, seed: int = 0) -> tuple[float, float
 
 def interval_table(record: dict, mode: str, reps: int = 2000) -> str:
     """Per dataset: each cell's mean over seeds with its 95% seed-bootstrap interval."""
-    stats = cell_stats(record, mode)
-    cells = _cells(record)
-    lines = [
-        "| task | quality | " + " | ".join(cells) + " |",
-        "|---" * (len(cells) + 2) + "|",
-    ]
-    for task, quality in _datasets(record):
-        texts = []
-        for cell in cells:
-            e = stats[(task, quality)].get(cell, {"status": "missing"})
-            if e["status"] == "done":
-                lo, hi = seed_interval(e["seeds"], reps)
-                texts.append(f"{e['mean']:.1f} [{lo:.1f}, {hi:.1f}]")
-            else:
-                texts.append({"n/a": "n/a", "failed": "failed"}.get(e["status"], "-"))
-        lines.append(f"| {task} | {quality} | " + " | ".join(texts) + " |")
-    return "\n".join(lines)
+
+    def text(e: dict) -> str:
+        lo, hi = seed_interval(e["seeds"], reps)
+        return f"{e['mean']:.1f} [{lo:.1f}, {hi:.1f}]"
+
+    return _table(record, mode, text, data_column=False)
 
 
 def _data_score(record: dict, task: str, quality: str) -> float | None:
@@ -109,29 +98,36 @@ def _data_score(record: dict, task: str, quality: str) -> float | None:
     return None
 
 
-def markdown_table(record: dict, mode: str) -> str:
+def _table(record: dict, mode: str, text, data_column: bool) -> str:
+    """A markdown table, a row per dataset and a column per cell; ``text(entry)`` for done ones."""
     stats = cell_stats(record, mode)
     cells = _cells(record)
-    lines = [
-        "| task | quality | data | " + " | ".join(cells) + " |",
-        "|---" * (len(cells) + 3) + "|",
-    ]
+    head = ["task", "quality"] + (["data"] if data_column else []) + cells
+    lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
     for task, quality in _datasets(record):
         row = stats[(task, quality)]
-        data = _data_score(record, task, quality)
-        texts = []
+        texts = [task, quality]
+        if data_column:
+            data = _data_score(record, task, quality)
+            texts.append("-" if data is None else f"{data:.1f}")
         for cell in cells:
             e = row.get(cell, {"status": "missing"})
             if e["status"] == "done":
-                text = f"{e['mean']:.1f} ± {e['std']:.1f}"
-                if "win_rate" in e:
-                    text += f" (win {100 * e['win_rate']:.0f}%)"
+                texts.append(text(e))
             else:
-                text = {"n/a": "n/a", "failed": "failed"}.get(e["status"], "-")
-            texts.append(text)
-        data_text = "-" if data is None else f"{data:.1f}"
-        lines.append(f"| {task} | {quality} | {data_text} | " + " | ".join(texts) + " |")
+                texts.append({"n/a": "n/a", "failed": "failed"}.get(e["status"], "-"))
+        lines.append("| " + " | ".join(texts) + " |")
     return "\n".join(lines)
+
+
+def markdown_table(record: dict, mode: str) -> str:
+    def text(e: dict) -> str:
+        out = f"{e['mean']:.1f} ± {e['std']:.1f}"
+        if "win_rate" in e:
+            out += f" (win {100 * e['win_rate']:.0f}%)"
+        return out
+
+    return _table(record, mode, text, data_column=True)
 
 
 def interval_estimates(record: dict, mode: str, reps: int = 2000, seed: int = 0) -> dict:
