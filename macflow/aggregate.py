@@ -1,10 +1,13 @@
-"""Aggregate a sweep (``sweep.json``): per-cell mean and std, IQM with stratified-bootstrap CIs.
+"""Aggregate a sweep (``sweep.json``): per-cell mean and std, IQM with stratified-bootstrap CIs,
+per family and overall, and the sweep's wall-clock cost.
 
 Per dataset (task x quality) and algorithm the table gives the mean ± std over seeds of each seed's
 final evaluation (normalised score when the dataset has reference returns, else the raw return;
-win rate where the task reports one). Across datasets, rliable's interquartile mean (IQM) and mean
+win rate where the task reports one). Across datasets, the interquartile mean (IQM) and mean
 of the normalised scores, with 95% stratified-bootstrap confidence intervals (runs resampled
-within each dataset; Agarwal et al., NeurIPS 2021), summarise each algorithm. An algorithm that
+within each dataset; Agarwal et al., NeurIPS 2021, as in rliable, here with numpy's seeded
+Generator so the intervals are reproducible), summarise each algorithm, over every dataset and
+per family (MPE, SMAX, MaMuJoCo). An algorithm that
 cannot run every dataset is aggregated only over the datasets it ran, and reported apart, since
 intervals over different dataset sets do not compare. Per dataset, a percentile bootstrap of the
 mean over seeds (seeds resampled with replacement) gives each cell a 95% interval, which is what
@@ -14,7 +17,6 @@ mean over seeds (seeds resampled with replacement) gives each cell a 95% interva
 from __future__ import annotations
 
 import json
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -130,22 +132,51 @@ def markdown_table(record: dict, mode: str) -> str:
     return _table(record, mode, text, data_column=True)
 
 
-def interval_estimates(record: dict, mode: str, reps: int = 2000, seed: int = 0) -> dict:
-    """IQM and mean over datasets with 95% stratified-bootstrap CIs, per algorithm (cell).
+def family(task: str) -> str:
+    """The suite a task belongs to (``smax/3m`` -> ``smax``): the table's families."""
+    return task.split("/", 1)[0]
 
-    Only normalised scores are aggregated (raw returns of different tasks do not add up); scores
-    are divided by 100 so 1.0 is the expert reference."""
-    try:
-        from rliable import library as rly
-        from rliable import metrics
-    except ImportError as err:
-        raise ImportError("aggregation needs rliable: pip install -e '.[analysis]'") from err
 
+def iqm(scores: np.ndarray, axis=None) -> np.ndarray:
+    """Interquartile mean: the mean of the middle 50% of the scores (25% trimmed each side)."""
+    from scipy import stats
+
+    return stats.trim_mean(scores, 0.25, axis=axis)
+
+
+def stratified_bootstrap(matrix, reps: int = 2000, seed: int = 0) -> dict:
+    """IQM and mean of a ``[runs, datasets]`` score matrix with 95% percentile intervals from a
+    bootstrap stratified by dataset: each resample draws, within every dataset, as many runs as it
+    has, with replacement (Agarwal et al., NeurIPS 2021). Deterministic given ``seed``."""
+    matrix = np.asarray(matrix, dtype=float)
+    runs, datasets = matrix.shape
+    rng = np.random.default_rng(seed)
+    rows = rng.integers(0, runs, (reps, runs, datasets))
+    resampled = matrix[rows, np.arange(datasets)].reshape(reps, -1)
+    out = {}
+    for name, values, point in (
+        ("iqm", iqm(resampled, axis=1), iqm(matrix)),
+        ("mean", resampled.mean(axis=1), matrix.mean()),
+    ):
+        lo, hi = np.percentile(values, [2.5, 97.5])
+        out[name] = float(point)
+        out[f"{name}_ci"] = [float(lo), float(hi)]
+    return out
+
+
+def interval_estimates(
+    record: dict, mode: str, reps: int = 2000, seed: int = 0, families: tuple[str, ...] = ()
+) -> dict:
+    """IQM and mean over datasets with 95% stratified-bootstrap CIs, per algorithm (cell), over
+    every dataset or only those of ``families``.
+
+    Only normalised scores are aggregated (raw returns of different tasks do not add up)."""
     stats = cell_stats(record, mode)
     datasets = [
         d
         for d in _datasets(record)
         if any(e.get("metric") == "normalised" for e in stats[d].values())
+        and (not families or family(d[0]) in families)
     ]
     by_cell: dict[str, dict] = {}
     for cell in _cells(record):
@@ -153,46 +184,43 @@ def interval_estimates(record: dict, mode: str, reps: int = 2000, seed: int = 0)
         if not ran:
             continue
         seeds = min(len(stats[d][cell]["seeds"]) for d in ran)
-        matrix = np.array([stats[d][cell]["seeds"][:seeds] for d in ran]).T / 100.0
+        matrix = np.array([stats[d][cell]["seeds"][:seeds] for d in ran]).T
         by_cell[cell] = {"datasets": ran, "matrix": matrix}
     common = [d for d in datasets if all(d in c["datasets"] for c in by_cell.values())]
     full = [c for c, v in by_cell.items() if len(v["datasets"]) == len(datasets)]
-
-    def aggregate(x):
-        return np.array([metrics.aggregate_iqm(x), metrics.aggregate_mean(x)])
-
-    out = {"mode": mode, "datasets": [list(d) for d in datasets], "reps": reps, "cells": {}}
+    out = {
+        "mode": mode,
+        "families": sorted({family(t) for t, _ in datasets}),
+        "datasets": [list(d) for d in datasets],
+        "reps": reps,
+        "cells": {},
+    }
     for cell, v in by_cell.items():
-        with warnings.catch_warnings():
-            # arch (under rliable) deprecates the RandomState that keeps the intervals seeded.
-            warnings.simplefilter("ignore", FutureWarning)
-            point, ci = rly.get_interval_estimates(
-                {cell: v["matrix"]}, aggregate, reps=reps, random_state=np.random.RandomState(seed)
-            )
         out["cells"][cell] = {
             "datasets": [list(d) for d in v["datasets"]],
             "all_datasets": cell in full,
-            "iqm": float(point[cell][0]) * 100,
-            "iqm_ci": [float(ci[cell][0, 0]) * 100, float(ci[cell][1, 0]) * 100],
-            "mean": float(point[cell][1]) * 100,
-            "mean_ci": [float(ci[cell][0, 1]) * 100, float(ci[cell][1, 1]) * 100],
+            **stratified_bootstrap(v["matrix"], reps, seed),
             "runs": int(v["matrix"].shape[0]),
         }
+    # Rank by IQM among the algorithms that ran every dataset (others do not compare).
+    ranked = sorted(full, key=lambda c: -out["cells"][c]["iqm"])
+    for i, cell in enumerate(ranked):
+        out["cells"][cell]["rank"] = i + 1
     out["common_datasets"] = [list(d) for d in common]
     return out
 
 
 def iqm_markdown(est: dict) -> str:
     lines = [
-        "| algorithm | datasets | IQM [95% CI] | mean [95% CI] |",
-        "|---|---|---|---|",
+        "| rank | algorithm | datasets | IQM [95% CI] | mean [95% CI] |",
+        "|---|---|---|---|---|",
     ]
     rows = sorted(est["cells"].items(), key=lambda kv: (not kv[1]["all_datasets"], -kv[1]["iqm"]))
     for cell, e in rows:
         n = f"{len(e['datasets'])}" + ("" if e["all_datasets"] else " (not all)")
         iqm = f"{e['iqm']:.1f} [{e['iqm_ci'][0]:.1f}, {e['iqm_ci'][1]:.1f}]"
         mean = f"{e['mean']:.1f} [{e['mean_ci'][0]:.1f}, {e['mean_ci'][1]:.1f}]"
-        lines.append(f"| {cell} | {n} | {iqm} | {mean} |")
+        lines.append(f"| {e.get('rank', '-')} | {cell} | {n} | {iqm} | {mean} |")
     return "\n".join(lines)
 
 
@@ -224,8 +252,8 @@ def plot_intervals(estimates: list[dict], path: Path) -> None:
             ax.set_title(f"{metric.upper()} ({est['mode']} mode)")
             ax.grid(axis="x", alpha=0.3)
     fig.suptitle(
-        f"95% stratified-bootstrap CIs over {len(estimates[0]['datasets'])} datasets "
-        "(grey: algorithm ran only some datasets)",
+        f"{', '.join(estimates[0]['families'])}: 95% stratified-bootstrap CIs over "
+        f"{len(estimates[0]['datasets'])} datasets (grey: algorithm ran only some datasets)",
         fontsize=9,
     )
     fig.tight_layout()
@@ -235,17 +263,68 @@ def plot_intervals(estimates: list[dict], path: Path) -> None:
     tmp.replace(path)
 
 
+def hardware_text(row: dict) -> str:
+    """Where a job ran, from its final evaluation (runs before this was recorded: unknown)."""
+    hw = row.get("final", {}).get("hardware")
+    if not hw:
+        return "hardware not recorded"
+    device = hw["device"] if not hw["device"].startswith("cpu") else "CPU"
+    return f"{device}, {hw['cpu']} x{hw['cpus']}, jax {hw['jax']}"
+
+
+def cost_markdown(record: dict) -> str:
+    """Wall-clock minutes of the finished jobs, per family and algorithm (cell), and in all."""
+    minutes: dict = {}
+    unknown: dict = {}
+    for row in record["jobs"].values():
+        if row["status"] != "done":
+            continue
+        key = (family(row["task"]), row["cell"])
+        if row.get("seconds"):
+            minutes.setdefault(key, []).append(row["seconds"] / 60)
+        else:
+            unknown[key] = unknown.get(key, 0) + 1
+    fams = sorted({f for f, _ in minutes} | {f for f, _ in unknown})
+    lines = ["| algorithm | " + " | ".join(fams) + " | all |", "|---" * (len(fams) + 2) + "|"]
+    for cell in _cells(record):
+        texts, total = [], 0.0
+        for f in fams:
+            m = minutes.get((f, cell), [])
+            total += sum(m)
+            text = f"{sum(m):.0f} ({len(m)})" if m else "-"
+            if unknown.get((f, cell)):
+                text += f" +{unknown[(f, cell)]} untimed"
+            texts.append(text)
+        lines.append(f"| {cell} | " + " | ".join(texts) + f" | {total:.0f} |")
+    total = sum(sum(m) for m in minutes.values())
+    count = sum(len(m) for m in minutes.values())
+    lines.append(
+        f"\nIn all: {total:.0f} min ({total / 60:.1f} h) over {count} timed jobs "
+        "(minutes (jobs) per cell; a job trains every seed of one dataset)."
+    )
+    return "\n".join(lines)
+
+
 def write_results(record: dict, out: Path, reps: int = 2000) -> dict:
-    """Write ``results.md``, ``results.json`` and ``iqm.png`` into ``out``; return the JSON."""
+    """Write ``results.md``, ``results.json`` and the plots into ``out``; return the JSON.
+
+    Across datasets: every dataset (``iqm.png``), then each family (``iqm-<family>.png``)."""
     tables = {mode: markdown_table(record, mode) for mode in MODES}
-    estimates = []
+    groups: dict[str, list[dict]] = {}
     if any(
         r["status"] == "done" and seed_scores(r, "sample")[1] == "normalised"
         for r in record["jobs"].values()
     ):
-        estimates = [interval_estimates(record, mode, reps) for mode in MODES]
+        groups["all"] = [interval_estimates(record, mode, reps) for mode in MODES]
+        fams = sorted({family(t) for t, _ in _datasets(record)})
+        for f in fams if len(fams) > 1 else []:
+            est = [interval_estimates(record, mode, reps, families=(f,)) for mode in MODES]
+            if est[0]["cells"]:
+                groups[f] = est
     failed = {n: r.get("error", "") for n, r in record["jobs"].items() if r["status"] == "failed"}
-    missing = [n for n, r in record["jobs"].items() if r["status"] in ("pending", "running")]
+    missing = [
+        n for n, r in record["jobs"].items() if r["status"] in ("pending", "submitted", "running")
+    ]
     text = ["# Sweep results", "", f"Sweep file: `{record['sweep']}`.", ""]
     for mode in MODES:
         text += [f"## Per dataset, {mode} mode (mean ± std over seeds)", "", tables[mode], ""]
@@ -256,8 +335,16 @@ def write_results(record: dict, out: Path, reps: int = 2000) -> dict:
             interval_table(record, mode, reps),
             "",
         ]
-    for est in estimates:
-        text += [f"## Across datasets, {est['mode']} mode", "", iqm_markdown(est), ""]
+    for name, ests in groups.items():
+        where = "every dataset" if name == "all" else f"the {name} datasets"
+        for est in ests:
+            text += [
+                f"## Across {where} ({len(est['datasets'])}), {est['mode']} mode",
+                "",
+                iqm_markdown(est),
+                "",
+            ]
+    text += ["## Wall-clock cost", "", cost_markdown(record), ""]
     if failed:
         text += ["## Failed jobs", ""] + [f"- {n}" for n in failed] + [""]
     if missing:
@@ -269,17 +356,19 @@ def write_results(record: dict, out: Path, reps: int = 2000) -> dict:
                 took = f"{r['seconds'] / 60:.1f} min"
             else:
                 took = "adopted: run before the sweep" if r.get("adopted") else "time not recorded"
-            text.append(f"- {name} ({r['status']}, {took}): `{r['command']}`")
+            where = f", {hardware_text(r)}" if r["status"] == "done" else ""
+            text.append(f"- {name} ({r['status']}, {took}{where}): `{r['command']}`")
     result = {
         "tables": {
             m: {f"{t}/{q}": v for (t, q), v in cell_stats(record, m).items()} for m in MODES
         },
-        "intervals": estimates,
+        "intervals": groups.get("all", []),
+        "families": {k: v for k, v in groups.items() if k != "all"},
         "failed": failed,
         "not_run": missing,
     }
     write_atomic(out / "results.md", "\n".join(text) + "\n")
     write_atomic(out / "results.json", json.dumps(result, indent=2))
-    if estimates:
-        plot_intervals(estimates, out / "iqm.png")
+    for name, ests in groups.items():
+        plot_intervals(ests, out / ("iqm.png" if name == "all" else f"iqm-{name}.png"))
     return result

@@ -18,18 +18,26 @@ A sweep file (TOML) names the datasets, the algorithms and the options they shar
     preset = "paper"                    # optional
     label = ""                          # optional: a variant's suffix, e.g. diffusion[ql]
     args = []                           # optional: more `macflow train` options
-    task_args = { "mpe/spread" = ["--agent.alpha", "0.1"] }   # optional, per task
+    family_args = { smax = ["--agent.alpha", "0.01"] }       # optional, per suite (after args)
+    task_args = { "mpe/spread" = ["--agent.alpha", "0.1"] }   # optional, per task (after those)
     only = ["mpe/spread:medium"]        # optional: run only on these task:quality datasets
 
 Each job is one real ``macflow train`` command (its exact command line is recorded) run by a Ray
 task in a subprocess; Ray schedules jobs by the CPUs they ask for (``--cpus-per-job``), locally by
 default or on a cluster (``--address``; ``out`` must then be a filesystem every node shares). A job
-is finished when its run directory holds ``final.json``: a re-run (after a crash, Ctrl-C or
-``kill``) skips finished jobs, continues one that left a checkpoint (``--resume``) and restarts the
-others. A failed job is retried ``retries`` times, then reported with the end of its log; the
-other jobs go on. ``sweep.json`` (atomic, updated after every job) keeps each job's status,
-command, attempts, wall time and final evaluation; ``macflow.aggregate`` turns it into tables and
-plots.
+is finished when its run directory holds ``final.json``, or when ``sweep.json`` records it done
+with the same command: a re-run (after a crash, Ctrl-C or ``kill``) skips finished jobs,
+continues one that left a checkpoint (``--resume``) and restarts the others, dataset by dataset.
+A failed job is retried ``retries`` times, then reported with the end of its log; the other jobs
+go on. ``sweep.json`` (atomic, updated after every job) keeps each job's status, command,
+attempts, wall time and final evaluation (with the dataset's checksum and the hardware it ran
+on), and each dataset's spec; ``macflow.aggregate`` turns it into tables and plots.
+
+The record is enough to go on elsewhere: copied into ``out`` on another machine or a fresh
+checkout, it keeps the finished jobs finished without their run directories or datasets. A
+dataset that is not there yet (known from the record, or one ``macflow collect`` can make) is
+planned from its spec, and its unfinished jobs wait until it is collected. Dropping a job's entry
+from the record (or changing its command) runs it again.
 """
 
 from __future__ import annotations
@@ -53,7 +61,7 @@ from macflow.runs import write_atomic
 
 FINAL = "final.json"
 TOP_LEVEL = {"out", "data_root", "seeds", "retries", "train", "width", "agent", "tasks", "algos"}
-ALGO_KEYS = {"algo", "preset", "label", "args", "task_args", "only"}
+ALGO_KEYS = {"algo", "preset", "label", "args", "family_args", "task_args", "only"}
 
 
 class SweepError(ValueError):
@@ -88,7 +96,10 @@ class Sweep:
     jobs: tuple[Job, ...]
     retries: int
     data: dict[str, dict[str, Any]]
-    """Per dataset directory: its task, quality, mean return and normalised data score."""
+    """Per dataset directory: its task, quality, mean return, normalised data score, size,
+    checksum and spec."""
+    missing: frozenset[str] = frozenset()
+    """Dataset directories absent here, known from the record: their unfinished jobs wait."""
 
 
 def _fail(path: Path, field: str, message: str):
@@ -99,6 +110,25 @@ def _strings(path: Path, field: str, value) -> list[str]:
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         _fail(path, field, f"expected a list of strings, got {value!r}")
     return value
+
+
+def _absent_spec(task: str, quality: str, recorded: dict):
+    """The spec of a dataset that is not here: the record's, else the registered task's when
+    ``macflow collect`` can make that quality (so a mistyped quality stays an error); or None."""
+    from macflow.envs import entry, make_env
+    from macflow.envs.base import EnvSpec
+
+    if "spec" in recorded:
+        return EnvSpec.from_dict(recorded["spec"])
+    try:
+        if entry(task).trainer is None:
+            return None
+    except KeyError:
+        return None
+    from macflow.behaviour.qualities import qualities
+
+    spec = make_env(task).spec
+    return spec if quality in qualities(spec.discrete) else None
 
 
 def _agent_flags(cls, spec, preset: str, width, agent: dict) -> list[str] | None:
@@ -172,10 +202,23 @@ def load_sweep(path: Path, out: Path | None = None, data_root: Path | None = Non
     if not isinstance(algos, list) or not algos:
         _fail(path, "algos", "expected one or more [[algos]] tables")
 
-    datasets, data = {}, {}
+    # A dataset that is not on this machine yet (described by the record of an earlier run of the
+    # sweep, e.g. on another machine, or one `macflow collect` can make): its finished jobs stay
+    # finished, the others wait for it.
+    record_path = out / "sweep.json"
+    recorded = json.loads(record_path.read_text()).get("data", {}) if record_path.exists() else {}
+    datasets, data, missing = {}, {}, set()
     for task, qualities in tasks.items():
         for quality in _strings(path, f"tasks.{task}", qualities):
             d = data_root / task.replace("/", "-") / quality
+            if not d.exists():
+                spec = _absent_spec(task, quality, recorded.get(str(d), {}))
+                if spec is not None:
+                    base = {"task": task, "quality": quality, "return_mean": None}
+                    data[str(d)] = recorded.get(str(d), base | {"normalised": None})
+                    datasets[(task, quality)] = (d, spec)
+                    missing.add(str(d))
+                    continue
             try:
                 ds = load(d, verify=False)
             except Exception as err:
@@ -189,6 +232,9 @@ def load_sweep(path: Path, out: Path | None = None, data_root: Path | None = Non
                 "quality": quality,
                 "return_mean": mean,
                 "normalised": ds.normalised_score(mean),
+                "transitions": int(ds.stats()["transitions"]),
+                "checksum": ds.checksum,
+                "spec": ds.spec.to_dict(),
             }
 
     jobs, names = [], set()
@@ -208,6 +254,12 @@ def load_sweep(path: Path, out: Path | None = None, data_root: Path | None = Non
             _fail(path, f"{where}.preset", f"{algo} has presets {sorted(cls.presets)}")
         label = entry.get("label", "")
         args = _strings(path, f"{where}.args", entry.get("args", []))
+        family_args = entry.get("family_args", {})
+        families = {t.split("/", 1)[0] for t in tasks}
+        for fam, extra in family_args.items():
+            if fam not in families:
+                _fail(path, f"{where}.family_args.{fam}", f"no task of the sweep is in {fam}/")
+            _strings(path, f"{where}.family_args.{fam}", extra)
         task_args = entry.get("task_args", {})
         for task, extra in task_args.items():
             if task not in tasks:
@@ -233,9 +285,10 @@ def load_sweep(path: Path, out: Path | None = None, data_root: Path | None = Non
             argv = ["train", "--dataset", str(d), "--algo", algo]
             argv += ["--preset", preset] if preset != "paper" else []
             argv += ["--seeds", *map(str, seeds), *train, *flags, *args]
-            argv += [*task_args.get(task, []), "--out", str(out), "--name", name, "--no-progress"]
+            argv += [*family_args.get(task.split("/", 1)[0], []), *task_args.get(task, [])]
+            argv += ["--out", str(out), "--name", name, "--no-progress"]
             jobs.append(Job(name, task, quality, cell, tuple(argv), str(d)))
-    return Sweep(path, out, tuple(jobs), retries, data)
+    return Sweep(path, out, tuple(jobs), retries, data, frozenset(missing))
 
 
 def _die_with_parent() -> None:
@@ -298,7 +351,7 @@ def run_sweep(
     # Jobs no longer in the sweep file are dropped from the record (their run directories stay).
     kept = {j.name: old["jobs"][j.name] for j in sweep.jobs if j.name in old.get("jobs", {})}
     record = {"sweep": str(sweep.path), "data": sweep.data, "jobs": kept}
-    todo = []
+    todo, waiting = [], []
     for job in sweep.jobs:
         row = {
             "task": job.task,
@@ -309,29 +362,39 @@ def run_sweep(
         prev = record["jobs"].get(job.name, {})
         if job.na:
             record["jobs"][job.name] = row | {"status": "n/a", "reason": job.na}
+        elif prev.get("status") == "done" and prev.get("command") == job.command:
+            # Finished in an earlier invocation: the record holds its final evaluation, so the
+            # run directory need not be here (a record carried to a fresh checkout resumes).
+            record["jobs"][job.name] = prev
         elif (out / job.name / FINAL).exists() and prev.get("command", job.command) == job.command:
-            if prev.get("status") == "done":
-                record["jobs"][job.name] = prev  # finished in an earlier invocation
-            else:
-                # Finished while the sweep was interrupted, or by hand before the sweep existed:
-                # take its final evaluation as it is.
-                final = json.loads((out / job.name / FINAL).read_text())
-                record["jobs"][job.name] = row | {
-                    "status": "done",
-                    "command": job.command,
-                    "adopted": not prev,
-                    "attempts": prev.get("attempts", 0),
-                    "seconds": None,
-                    "final": final,
-                }
+            # Finished while the sweep was interrupted, or by hand before the sweep existed:
+            # take its final evaluation as it is.
+            final = json.loads((out / job.name / FINAL).read_text())
+            record["jobs"][job.name] = row | {
+                "status": "done",
+                "command": job.command,
+                "adopted": not prev,
+                "attempts": prev.get("attempts", 0),
+                "seconds": None,
+                "final": final,
+            }
         else:
             if (out / job.name / FINAL).exists():  # the command changed: run it again
                 (out / job.name / FINAL).unlink()
             record["jobs"][job.name] = row | {"status": "pending", "command": job.command}
-            todo.append(job)
+            if job.dataset in sweep.missing:
+                waiting.append(job)
+            else:
+                todo.append(job)
     _record(record_path, record)
-    done = len(sweep.jobs) - len(todo)
+    done = len(sweep.jobs) - len(todo) - len(waiting)
     echo(f"{len(sweep.jobs)} jobs: {done} finished or n/a, {len(todo)} to run")
+    if waiting:
+        absent = sorted({j.dataset for j in waiting})
+        echo(
+            f"{len(waiting)} job(s) wait for dataset(s) not on this machine (collect them, then "
+            f"run the sweep again): {', '.join(absent)}"
+        )
     if not todo:
         return record
 
@@ -358,7 +421,9 @@ def run_sweep(
         record["jobs"][job.name]["attempts"] = attempts[job.name]
         pending[remote.remote(list(job.argv), str(out / job.name))] = job
 
-    for job in todo:
+    # Dataset by dataset, so that a sweep stopped part-way leaves whole rows of the table.
+    order = {d: i for i, d in enumerate(sweep.data)}
+    for job in sorted(todo, key=lambda j: order.get(j.dataset, len(order))):
         submit(job)
     _record(record_path, record)
     try:

@@ -113,6 +113,29 @@ def default_dataset(task: str, episodes: int = 10_000) -> Path:
     return path
 
 
+def hardware() -> dict[str, Any]:
+    """What a run ran on, for the tables that report where each figure was measured."""
+    import os
+    import platform
+
+    device = jax.devices()[0]
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(
+                (ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), cpu
+            )
+    except OSError:
+        pass
+    return {
+        "device": f"{device.platform}:{device.device_kind}",
+        "cpu": cpu,
+        "cpus": os.cpu_count(),
+        "machine": platform.machine(),
+        "jax": jax.__version__,
+    }
+
+
 def _jsonable(obj: Any) -> Any:
     if dataclasses.is_dataclass(obj):
         obj = dataclasses.asdict(obj)
@@ -294,6 +317,8 @@ def train(cfg: TrainConfig, agent_config: Any, console=None) -> Run:
             if mode == "sample":
                 log.marl_eval(spec.env_id, cfg.algo, step, res, seeds, absolute=True)
         final["behaviour"] = {k: v for k, v in ds.stats().items() if k.startswith("return")}
+        final["dataset_checksum"] = ds.checksum
+        final["hardware"] = hardware()
         write_atomic(run / "final.json", json.dumps(final, indent=2))
     log.close()
     return Run(run, final)

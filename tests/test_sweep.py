@@ -4,6 +4,7 @@ finished runs, a failing job is retried then reported, and the aggregation is ri
 import dataclasses
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -20,12 +21,14 @@ from macflow.aggregate import (
     interval_table,
     markdown_table,
     seed_interval,
+    stratified_bootstrap,
+    write_results,
 )
 from macflow.data import save
 from macflow.data.collect import collect
 from macflow.envs import make_env
 from macflow.envs.toys import CoordinationData, XorData
-from macflow.sweep import SweepError, load_sweep
+from macflow.sweep import SweepError, load_sweep, run_sweep
 
 MACFLOW = str(Path(sys.executable).with_name("macflow"))
 
@@ -194,3 +197,105 @@ def test_bad_sweep_files_name_the_file_and_field(tmp_path, data_root):
         with pytest.raises(SweepError) as err:
             load_sweep(path)
         assert str(path) in str(err.value) and field in str(err.value), (field, err.value)
+
+
+def test_a_record_carried_to_a_fresh_checkout_resumes_without_runs_or_datasets(tmp_path):
+    """Finished jobs live in the record: without their run directories, and without their
+    datasets, they stay finished; the unfinished jobs of an absent dataset wait for it."""
+    root = tmp_path / "data"
+    for quality, rare in (("rare5", 0.05), ("rare30", 0.3)):
+        ds = collect(make_env("toy/coordination"), CoordinationData(rare=rare), 500, chunk=500)
+        save(ds, root / "toy-coordination" / quality)
+    config = tmp_path / "s.toml"
+    fresh = tmp_path / "out"
+    body = SWEEP.split("[tasks]")[0].format(out=fresh, data=root)
+    config.write_text(body + '[tasks]\n"toy/coordination" = ["rare5", "rare30"]\n'
+                      '[[algos]]\nalgo = "bc"\n[[algos]]\nalgo = "icq"\n')  # fmt: skip
+    planned = load_sweep(config)
+    assert len(planned.jobs) == 4 and not planned.missing
+    final = {"modes": {m: [{"return_mean": 1.5}] for m in ("sample", "zero")}}
+    jobs = {
+        j.name: {"task": j.task, "quality": j.quality, "cell": j.cell, "dataset": j.dataset,
+                 "status": "done", "command": j.command, "final": final}
+        for j in planned.jobs
+    }  # fmt: skip
+    unfinished = "toy-coordination-rare30-icq"
+    del jobs[unfinished]
+    # Another machine: an `out` holding only the record, and one dataset gone.
+    fresh.mkdir()
+    record = {"sweep": str(config), "data": planned.data, "jobs": jobs}
+    (fresh / "sweep.json").write_text(json.dumps(record))
+    shutil.rmtree(root / "toy-coordination" / "rare30")
+    planned = load_sweep(config)
+    assert planned.missing == {str(root / "toy-coordination" / "rare30")}
+    said = []
+    result = run_sweep(planned, echo=said.append)  # nothing to run: Ray is not even started
+    assert {n: r["status"] for n, r in result["jobs"].items()} == {
+        n: "pending" if n == unfinished else "done" for n in [j.name for j in planned.jobs]
+    }
+    assert result["jobs"]["toy-coordination-rare30-bc"]["final"] == final
+    assert "0 to run" in said[0] and "rare30" in said[1] and "wait" in said[1]
+    assert not [p for p in fresh.iterdir() if p.is_dir()]  # no job was started
+    # A dataset that is absent and unknown to the record is still an error naming the field.
+    shutil.rmtree(root / "toy-coordination" / "rare5")
+    (fresh / "sweep.json").write_text(json.dumps(record | {"data": {}}))
+    with pytest.raises(SweepError, match=r"tasks\.toy/coordination"):
+        load_sweep(config)
+
+
+def test_stratified_bootstrap_is_reproducible_agrees_with_rliable_and_splits_families():
+    rng = np.random.default_rng(1)
+    matrix = rng.uniform(0, 100, (3, 6))  # 3 seeds x 6 datasets
+    a, b = stratified_bootstrap(matrix, 3000, seed=4), stratified_bootstrap(matrix, 3000, seed=4)
+    assert a == b  # the same seed gives the same intervals, to the last digit
+    np.testing.assert_allclose(a["iqm"], stats.trim_mean(matrix.ravel(), 0.25))
+    # The field's reference implementation (rliable, arch's stratified bootstrap) gives the same
+    # intervals up to Monte-Carlo error.
+    rly = pytest.importorskip("rliable.library")
+    metrics = pytest.importorskip("rliable.metrics")
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        _, ci = rly.get_interval_estimates(
+            {"x": matrix},
+            lambda x: np.array([metrics.aggregate_iqm(x), metrics.aggregate_mean(x)]),
+            reps=3000,
+            random_state=np.random.RandomState(0),
+        )
+    np.testing.assert_allclose(a["iqm_ci"], ci["x"][:, 0], atol=2.0)
+    np.testing.assert_allclose(a["mean_ci"], ci["x"][:, 1], atol=1.5)
+    # Families: a table over two suites gives one estimate per suite and one over both.
+    scores = {(t, c): rng.uniform(0, 100, 3).tolist() for t in ("a/1", "a/2", "b/1") for c in "xy"}
+    scores[("b/1", "x")] = [100.0, 100.0, 100.0]
+    record = _record(scores)
+    only_b = interval_estimates(record, "sample", 200, families=("b",))
+    assert only_b["datasets"] == [["b/1", "q"]] and only_b["cells"]["x"]["iqm"] == 100.0
+    assert only_b["cells"]["x"]["rank"] == 1 and only_b["cells"]["y"]["rank"] == 2
+    assert len(interval_estimates(record, "sample", 200)["datasets"]) == 3
+
+
+def test_results_have_a_section_and_a_plot_per_family_and_the_cost(tmp_path):
+    rng = np.random.default_rng(2)
+    scores = {(t, c): rng.uniform(0, 100, 3).tolist() for t in ("a/1", "b/1") for c in "xy"}
+    record = _record(scores)
+    for i, row in enumerate(record["jobs"].values()):
+        row["seconds"] = 60.0 * (i + 1)
+    result = write_results(record, tmp_path, reps=100)
+    assert sorted(result["families"]) == ["a", "b"]
+    assert (tmp_path / "iqm-a.png").exists() and (tmp_path / "iqm-b.png").exists()
+    text = (tmp_path / "results.md").read_text()
+    assert "## Across the a datasets (1), sample mode" in text
+    assert "In all: 10 min" in text  # 1 + 2 + 3 + 4 minutes
+
+
+def test_a_dataset_collect_can_make_is_planned_before_it_exists(tmp_path):
+    config = tmp_path / "s.toml"
+    body = SWEEP.split("[tasks]")[0].format(out=tmp_path / "out", data=tmp_path / "none")
+    config.write_text(body + '[tasks]\n"mpe/spread" = ["medium"]\n[[algos]]\nalgo = "bc"\n')
+    planned = load_sweep(config)
+    assert planned.missing == {str(tmp_path / "none" / "mpe-spread" / "medium")}
+    assert "--dataset" in planned.jobs[0].argv and not planned.jobs[0].na
+    said = []
+    run_sweep(planned, echo=said.append)
+    assert "1 job(s) wait for dataset(s)" in said[1]
