@@ -1,10 +1,34 @@
 """macflow: offline cooperative multi-agent RL with MAC-Flow (joint flow matching distilled into
-decentralised one-step policies), its baselines, datasets and benchmarks."""
+decentralised one-step policies), its baselines, datasets and benchmarks.
+
+The public Python API is :mod:`macflow.api` (``docs/api.md``); other modules are internal and
+may change between versions. ``import macflow`` itself is cheap (no JAX): the version and the
+cache directory.
+"""
+
+from __future__ import annotations
 
 import os
 from pathlib import Path
 
-__version__ = "0.1.0"
+
+def _version() -> str:
+    """The installed distribution's version (pyproject.toml is its single source)."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("macflow")
+    except metadata.PackageNotFoundError:  # run from a source tree without installing
+        import tomllib
+
+        pyproject = Path(__file__).resolve().parents[1] / "pyproject.toml"
+        try:
+            return tomllib.loads(pyproject.read_text())["project"]["version"]
+        except (OSError, KeyError, tomllib.TOMLDecodeError):
+            return "0+unknown"
+
+
+__version__ = _version()
 
 
 def cache_root() -> Path:

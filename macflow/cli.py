@@ -17,6 +17,7 @@ from typing import Annotated, Generic, TypeVar, Union
 import numpy as np
 import tyro
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 from tyro.extras import SubcommandApp
 
@@ -400,20 +401,33 @@ def _build_app() -> SubcommandApp:
 
         table = Table(title="macflow environments (default parameters)")
         table.add_column("id", no_wrap=True, style="bold cyan")
-        for col in ("N", "obs", "state", "actions", "limit"):
+        for col in ("N", "obs", "state", "actions", "limit", "extra"):
             table.add_column(col, no_wrap=True)
         table.add_column("description", ratio=1)
+        missing = {}
         for e in registered():
-            spec = e.env_cls()().spec
+            try:
+                spec = e.env_cls()().spec
+            except ImportError:
+                missing.setdefault(e.extra, []).append(e.env_id)
+                row = (e.env_id, "-", "-", "-", "-", "-", f"[red]{e.extra} (missing)[/]")
+                table.add_row(*row, e.summary)
+                continue
             kind = f"{spec.action_dim} disc." if spec.discrete else f"{spec.action_dim}-D cont."
             state = f"{spec.state_dim}" + ("*" if spec.state_is_obs_concat else "")
             row = (e.env_id, str(spec.num_agents), str(spec.obs_dim), state, kind)
-            table.add_row(*row, str(spec.episode_limit), e.summary)
+            table.add_row(*row, str(spec.episode_limit), e.extra or "core", e.summary)
         console.print(table)
         console.print(
             "* state = concatenated observations. `macflow collect TASK --help` lists a task's "
             "parameters and its scripted data options."
         )
+        for extra, ids in missing.items():
+            console.print(
+                f"{len(ids)} task(s) need the '{extra}' extra, not installed here: "
+                f"pip install 'macflow[{extra}]' (from a clone: pip install -e '.[{extra}]')",
+                markup=False,
+            )
 
     collect_choices = _collect_choices()
 
@@ -745,13 +759,39 @@ def main(argv: list[str] | None = None) -> None:
             args=_ARGV,
         )
     except TrainingDiverged as err:
-        Console(stderr=True).print(f"[bold red]training stopped:[/] {err}", highlight=False)
+        Console(stderr=True).print(
+            f"[bold red]training stopped:[/] {escape(str(err))}", highlight=False
+        )
         sys.exit(3)
-    except (DatasetError, FileExistsError, ValueError) as err:
+    except (DatasetError, FileExistsError, ValueError, ImportError) as err:
         if os.environ.get("MACFLOW_DEBUG"):
             raise
-        Console(stderr=True).print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
+        text = escape(missing_extra(err) if isinstance(err, ImportError) else str(err))
+        Console(stderr=True).print(f"[bold red]error:[/] {text}", highlight=False, soft_wrap=True)
         sys.exit(2)
+
+
+# Optional modules and the extra that installs each.
+EXTRAS = {
+    "jaxmarl": "jaxmarl",
+    "gymnasium": "jaxmarl",
+    "gymnasium_robotics": "mamujoco",
+    "mujoco": "mamujoco",
+    "ray": "ray",
+    "rliable": "analysis",
+    "tensorstore": "vault",
+    "h5py": "hdf5",
+    "tensorboardX": "tensorboard",
+}
+
+
+def missing_extra(err: ImportError) -> str:
+    """One line for a missing optional dependency, naming the extra that installs it."""
+    text = str(err).splitlines()[0] if str(err) else repr(err)
+    extra = EXTRAS.get((err.name or "").split(".")[0])
+    if extra and "extra" not in text:
+        text += f" (it comes with the '{extra}' extra: pip install 'macflow[{extra}]')"
+    return text
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ A sweep file (TOML) names the datasets, the algorithms and the options they shar
     seeds = [0, 1, 2]                   # trained side by side in each job (vmap)
     retries = 1                         # extra attempts of a failed job
     train = ["--steps", "10000"]        # `macflow train` options of every job
+    family_train = { mamujoco = ["--final-eval-factor", "1"] }   # more, per suite
     width = [128, 128]                  # every layer-width tuple (`*_hidden`) of every algorithm
     agent = { lr = 0.001, teacher_steps = 10000 }   # set where an algorithm has the field
 
@@ -60,7 +61,10 @@ from typing import Any
 from macflow.runs import write_atomic
 
 FINAL = "final.json"
-TOP_LEVEL = {"out", "data_root", "seeds", "retries", "train", "width", "agent", "tasks", "algos"}
+TOP_LEVEL = {
+    "out", "data_root", "seeds", "retries", "train", "family_train", "width", "agent", "tasks",
+    "algos",
+}  # fmt: skip
 ALGO_KEYS = {"algo", "preset", "label", "args", "family_args", "task_args", "only"}
 
 
@@ -189,6 +193,9 @@ def load_sweep(path: Path, out: Path | None = None, data_root: Path | None = Non
     if not isinstance(retries, int) or retries < 0:
         _fail(path, "retries", f"expected an integer >= 0, got {retries!r}")
     train = _strings(path, "train", raw.get("train", []))
+    family_train = raw.get("family_train", {})
+    if not isinstance(family_train, dict):
+        _fail(path, "family_train", "expected a table: suite = [options]")
     width = raw.get("width", [])
     if not isinstance(width, list) or not all(isinstance(w, int) and w > 0 for w in width):
         _fail(path, "width", f"expected a list of positive integers, got {width!r}")
@@ -198,6 +205,10 @@ def load_sweep(path: Path, out: Path | None = None, data_root: Path | None = Non
     tasks = raw["tasks"]
     if not isinstance(tasks, dict) or not tasks:
         _fail(path, "tasks", "expected a table: task = [qualities]")
+    for fam, extra in family_train.items():
+        if fam not in {t.split("/", 1)[0] for t in tasks}:
+            _fail(path, f"family_train.{fam}", f"no task of the sweep is in {fam}/")
+        _strings(path, f"family_train.{fam}", extra)
     algos = raw["algos"]
     if not isinstance(algos, list) or not algos:
         _fail(path, "algos", "expected one or more [[algos]] tables")
@@ -284,8 +295,9 @@ def load_sweep(path: Path, out: Path | None = None, data_root: Path | None = Non
                 continue
             argv = ["train", "--dataset", str(d), "--algo", algo]
             argv += ["--preset", preset] if preset != "paper" else []
-            argv += ["--seeds", *map(str, seeds), *train, *flags, *args]
-            argv += [*family_args.get(task.split("/", 1)[0], []), *task_args.get(task, [])]
+            fam = task.split("/", 1)[0]
+            argv += ["--seeds", *map(str, seeds), *train, *family_train.get(fam, []), *flags, *args]
+            argv += [*family_args.get(fam, []), *task_args.get(task, [])]
             argv += ["--out", str(out), "--name", name, "--no-progress"]
             jobs.append(Job(name, task, quality, cell, tuple(argv), str(d)))
     return Sweep(path, out, tuple(jobs), retries, data, frozenset(missing))

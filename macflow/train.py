@@ -20,7 +20,7 @@ import shlex
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -31,6 +31,7 @@ from macflow.agents import ACT_MODES, get_agent
 from macflow.data import Sampler, load
 from macflow.data.imports import cached_import
 from macflow.envs import entry, make_env
+from macflow.envs.base import EnvSpec
 from macflow.evaluate import evaluate
 from macflow.progress import progress_bar
 from macflow.runs import CHECKPOINT, RunLog, load_checkpoint, save_checkpoint, write_atomic
@@ -136,6 +137,60 @@ def hardware() -> dict[str, Any]:
     }
 
 
+PROBE_FROM = 5000
+"""Runs with at least this many updates left print a time estimate before training."""
+
+
+def _widths(config: Any) -> str:
+    """``teacher 4x512, critic 4x512``: the layer widths of an agent config."""
+    parts = []
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if f.name.endswith("hidden") and isinstance(value, tuple) and value:
+            name = f.name.removesuffix("hidden").rstrip("_") or "net"
+            wide = f"{len(value)}x{value[0]}" if len(set(value)) == 1 else "-".join(map(str, value))
+            parts.append(f"{name} {wide}")
+    return ", ".join(parts)
+
+
+def plan_text(cfg: TrainConfig, spec: Any, agent_config: Any, stages: list, seeds: list) -> str:
+    """One line saying what this run will do, printed before the first update."""
+    updates = " + ".join(f"{s.name} {s.steps:,}" for s in stages)
+    return (
+        f"plan: {cfg.algo} ({cfg.preset}) on {spec.env_id}, {len(seeds)} seed(s), {updates} "
+        f"updates of batch {cfg.batch_size}, networks {_widths(agent_config) or '-'}"
+    )
+
+
+def estimate_text(per_update: float, left_in_stage: int, later: int, stage_end: int) -> str:
+    """The time this run needs, from a timed probe of the current stage; later stages counted
+    at the same rate, so the total is a lower bound when they cost more per update (e.g. a flow's
+    policy stage, which also prepares the teacher's targets)."""
+    device = jax.devices()[0]
+    here = f"{device.platform}" + (f" {device.device_kind}" if device.platform != "cpu" else "")
+    total = per_update * (left_in_stage + later)
+    text = (
+        f"estimate: {1 / per_update:,.0f} updates/s on this {here}; about "
+        f"{_duration(per_update * left_in_stage)} to update {stage_end:,}"
+    )
+    if later:
+        text += f", at least {_duration(total)} in all"
+    if total > 30 * 60:
+        text += (
+            " (over 30 minutes: `--preset small` trains 2x128 networks with 10k teacher updates, "
+            "the results table's budget, with `--steps 10000`)"
+        )
+    return text
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
 def _jsonable(obj: Any) -> Any:
     if dataclasses.is_dataclass(obj):
         obj = dataclasses.asdict(obj)
@@ -179,8 +234,9 @@ class Run:
     final: dict[str, Any] | None
 
 
-def train(cfg: TrainConfig, agent_config: Any, console=None) -> Run:
-    """Train ``cfg.algo`` with ``agent_config``; see the module docstring."""
+def train(cfg: TrainConfig, agent_config: Any = None, console=None) -> Run:
+    """Train ``cfg.algo`` with ``agent_config`` (default: its ``cfg.preset`` for the dataset's
+    task); see the module docstring. ``console``: a ``rich`` console for the progress bar."""
     if cfg.dataset is None and cfg.task is None:
         raise ValueError("give --dataset DIR or --task ID (its default dataset is collected)")
     dataset_path = cached_import(cfg.dataset) if cfg.dataset else default_dataset(cfg.task)
@@ -193,6 +249,12 @@ def train(cfg: TrainConfig, agent_config: Any, console=None) -> Run:
     except KeyError:
         env = None  # an imported dataset of a task macflow cannot run: train without evaluation
     agent_cls = get_agent(cfg.algo)
+    if agent_config is None:
+        if cfg.preset not in agent_cls.presets:
+            raise ValueError(
+                f"{cfg.algo} has presets {sorted(agent_cls.presets)}, not {cfg.preset}"
+            )
+        agent_config = agent_cls.presets[cfg.preset](spec)
     stages = agent_cls.stages(agent_config, cfg.steps)
     seeds = list(cfg.seeds)
 
@@ -253,6 +315,24 @@ def train(cfg: TrainConfig, agent_config: Any, console=None) -> Run:
     last_good = step
 
     total = sum(s.steps for s in stages)
+    say = console.print if console is not None else print
+    say(plan_text(cfg, spec, agent_config, stages, seeds))
+    first = next(
+        (i for i, s in enumerate(stages) if step < sum(t.steps for t in stages[: i + 1])), 0
+    )
+    if total - step >= PROBE_FROM and not stages[first].prepare:
+        # Time a few updates of the current stage on a throw-away copy (after compiling them),
+        # so the estimate comes within seconds rather than after a whole logged chunk.
+        k = min(cfg.log_every, 50)
+        probe = functools.partial(
+            chunk, agents, None, sampler, data_keys, step, stages[first].name, k
+        )
+        jax.block_until_ready(probe())
+        t0 = time.perf_counter()
+        jax.block_until_ready(probe())
+        stage_end = sum(t.steps for t in stages[: first + 1])
+        per = (time.perf_counter() - t0) / k
+        say(estimate_text(per, stage_end - step, total - stage_end, stage_end))
     bar = progress_bar("rate", "eval", console=console, disable=not cfg.progress)
     eval_key = jax.random.PRNGKey(0xE7A1)
     reference = ds.reference_returns
@@ -335,7 +415,27 @@ def config_from_json(cls: type, data: dict[str, Any]) -> Any:
     return cls(**kwargs)
 
 
-def load_run(run: Path):
+class LoadedRun(NamedTuple):
+    """A run directory's latest checkpoint, rebuilt (see :func:`load_run`)."""
+
+    record: dict[str, Any]
+    """The run's ``config.json``: algorithm, configs, dataset, spec, seeds, command."""
+    agent_cls: type
+    agent_config: Any
+    agents: Any
+    """The agents of every seed, stacked on a leading axis (as ``train`` vmaps them)."""
+    step: int
+
+    @property
+    def spec(self) -> EnvSpec:
+        return EnvSpec.from_dict(self.record["spec"])
+
+    @property
+    def seeds(self) -> list[int]:
+        return list(self.record["train"]["seeds"])
+
+
+def load_run(run: Path) -> LoadedRun:
     """``(record, agent_cls, agent_config, agents, step)`` of a run directory's checkpoint."""
     run = Path(run)
     if not (run / "config.json").exists():
@@ -343,10 +443,8 @@ def load_run(run: Path):
     record = json.loads((run / "config.json").read_text())
     agent_cls = get_agent(record["algo"])
     agent_config = config_from_json(agent_cls.Config, record["agent"])
-    from macflow.envs.base import EnvSpec
-
     spec = EnvSpec.from_dict(record["spec"])
     keys = jnp.stack([jax.random.PRNGKey(s) for s in record["train"]["seeds"]])
     template = jax.jit(jax.vmap(lambda k: agent_cls.create(k, spec, agent_config)))(keys)
     agents, step = load_checkpoint(run, template)
-    return record, agent_cls, agent_config, agents, step
+    return LoadedRun(record, agent_cls, agent_config, agents, step)

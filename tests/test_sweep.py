@@ -299,3 +299,27 @@ def test_a_dataset_collect_can_make_is_planned_before_it_exists(tmp_path):
     said = []
     run_sweep(planned, echo=said.append)
     assert "1 job(s) wait for dataset(s)" in said[1]
+
+
+def test_family_options_go_to_the_jobs_of_that_suite_only(tmp_path, data_root):
+    text = SWEEP.format(out=tmp_path / "o", data=data_root)
+    text = text.replace(
+        "width = [16]", 'width = [16]\nfamily_train = { toy = ["--final-eval-factor", "2"] }'
+    )
+    text += (
+        '\n[[algos]]\nalgo = "bc"\nlabel = "f"\nfamily_args = { toy = ["--agent.lr", "0.01"] }\n'
+    )
+    path = tmp_path / "f.toml"
+    path.write_text(text)
+    jobs = {j.name: j for j in load_sweep(path).jobs}
+    assert all("--final-eval-factor 2" in j.command for j in jobs.values() if not j.na)
+    assert "--agent.lr 0.01" in jobs["toy-xor-scripted-bc-f"].command
+    for field, extra in (
+        ("family_train.mpe", 'family_train = { mpe = ["--steps", "1"] }\n'),
+        ("algos[3].family_args.smax", '[[algos]]\nalgo = "bc"\nfamily_args = { smax = [] }\n'),
+    ):
+        bad = SWEEP.format(out=tmp_path / "o", data=data_root)
+        bad = extra + bad if field.startswith("family_train") else bad + "\n" + extra
+        path.write_text(bad)
+        with pytest.raises(SweepError, match=field.replace("[", r"\[").replace("]", r"\]")):
+            load_sweep(path)

@@ -18,6 +18,7 @@ else, so no code outside an agent's own file needs to know which algorithm it ru
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, NamedTuple, Protocol
 
 import jax
@@ -108,3 +109,23 @@ def categorical_kl(target: Array, logits: Array) -> Array:
     """
     logp = jax.nn.log_softmax(logits)
     return (jax.scipy.special.xlogy(target, target) - target * logp).sum(axis=-1)
+
+
+def small(preset):
+    """The CPU-sized variant of a preset (``--preset small``): the results table's budget, every
+    layer-width tuple 2 x 128, a flow teacher's stage 10,000 updates, Adam 1e-3 (with
+    ``macflow train --steps 10000``: minutes per seed on a laptop, docs/results.md)."""
+
+    def make(spec):
+        config = preset(spec)
+        changes = {}
+        for f in dataclasses.fields(config):
+            value = getattr(config, f.name)
+            if f.name.endswith("hidden") and isinstance(value, tuple):
+                changes[f.name] = (128, 128)
+        for name, value in (("teacher_steps", 10_000), ("lr", 1e-3)):
+            if name in {f.name for f in dataclasses.fields(config)}:
+                changes[name] = value
+        return dataclasses.replace(config, **changes)
+
+    return make

@@ -42,7 +42,7 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
-from macflow.agents.base import Stage, adam_step, from_unit, masked_logits, to_unit
+from macflow.agents.base import Stage, adam_step, from_unit, masked_logits, small, to_unit
 from macflow.envs.base import EnvSpec
 from macflow.nn import MLP, agent_ids
 
@@ -99,7 +99,7 @@ class BC(struct.PyTreeNode):
 
     Config = BCConfig
     centralised = False
-    presets = {"paper": _paper, "og-marl": _og_marl}
+    presets = {"paper": _paper, "og-marl": _og_marl, "small": small(_paper)}
 
     def _net(self) -> MLP:
         # Continuous: mean and log-std per action dimension; discrete: one logit per action.

@@ -97,7 +97,7 @@ import numpy as np
 import optax
 from flax import struct
 
-from macflow.agents.base import Stage, adam_step, from_unit, masked_logits, polyak, to_unit
+from macflow.agents.base import Stage, adam_step, from_unit, masked_logits, polyak, small, to_unit
 from macflow.envs.base import EnvSpec
 from macflow.nn import Critic, JointVelocity, utilities
 
@@ -235,7 +235,7 @@ class Diffusion(struct.PyTreeNode):
 
     Config = DiffusionConfig
     centralised = True
-    presets = {"paper": _paper, "ql": _ql}
+    presets = {"paper": _paper, "ql": _ql, "small": small(_paper)}
 
     @property
     def _dim(self) -> int:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from macflow.agents.base import small
 from macflow.agents.macflow import MACFlow, MACFlowConfig, _paper, _reference
 from macflow.envs.base import EnvSpec
 
@@ -47,4 +48,8 @@ class FlowBC(MACFlow):
     """MAC-Flow's teacher and students, trained without the critic."""
 
     Config = FlowBCConfig
-    presets = {"paper": _without_q(_paper), "reference": _without_q(_reference)}
+    presets = {
+        "paper": _without_q(_paper),
+        "reference": _without_q(_reference),
+        "small": small(_without_q(_paper)),
+    }

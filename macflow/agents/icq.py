@@ -66,7 +66,7 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
-from macflow.agents.base import Stage, adam_step, masked_logits
+from macflow.agents.base import Stage, adam_step, masked_logits, small
 from macflow.envs.base import EnvSpec
 from macflow.nn import MLP, Critic, LinearMixer, agent_ids
 
@@ -170,7 +170,7 @@ class ICQ(struct.PyTreeNode):
 
     Config = ICQConfig
     centralised = False
-    presets = {"paper": _paper}
+    presets = {"paper": _paper, "small": small(_paper)}
 
     def _critic(self):
         c = self.config

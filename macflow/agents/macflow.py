@@ -60,6 +60,7 @@ from macflow.agents.base import (
     from_unit,
     masked_logits,
     polyak,
+    small,
     to_unit,
 )
 from macflow.envs.base import EnvSpec
@@ -219,7 +220,7 @@ class MACFlow(struct.PyTreeNode):
 
     Config = MACFlowConfig
     centralised = False
-    presets = {"paper": _paper, "reference": _reference}
+    presets = {"paper": _paper, "reference": _reference, "small": small(_paper)}
 
     # --- networks, rebuilt from static config (cheap; only their parameters are state) ------
 

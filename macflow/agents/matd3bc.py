@@ -58,7 +58,7 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
-from macflow.agents.base import Stage, adam_step, from_unit, masked_logits, polyak, to_unit
+from macflow.agents.base import Stage, adam_step, from_unit, masked_logits, polyak, small, to_unit
 from macflow.envs.base import EnvSpec
 from macflow.nn import MLP, Critic, QMixer, agent_ids, utilities
 
@@ -132,7 +132,7 @@ class MATD3BC(struct.PyTreeNode):
 
     Config = MATD3BCConfig
     centralised = False
-    presets = {"paper": _paper}
+    presets = {"paper": _paper, "small": small(_paper)}
 
     # --- networks --------------------------------------------------------------------------
 

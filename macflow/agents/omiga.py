@@ -70,7 +70,7 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
-from macflow.agents.base import Stage, adam_step, from_unit, masked_logits, polyak, to_unit
+from macflow.agents.base import Stage, adam_step, from_unit, masked_logits, polyak, small, to_unit
 from macflow.envs.base import EnvSpec
 from macflow.nn import MLP, Critic, LinearMixer, agent_ids
 
@@ -162,7 +162,7 @@ class OMIGA(struct.PyTreeNode):
 
     Config = OMIGAConfig
     centralised = False
-    presets = {"paper": _paper}
+    presets = {"paper": _paper, "small": small(_paper)}
 
     # --- networks ------------------------------------------------------------------------------
 

@@ -1,0 +1,42 @@
+"""macflow's public Python API: what ``docs/api.md`` documents and what stays stable.
+
+    from macflow.api import TrainConfig, evaluate, load, load_run, make_env, train
+
+Tasks (``make_env``, ``registered``), datasets (``load``, ``save``, ``collect`` from a scripted
+behaviour, ``Dataset``, ``Sampler``),
+training (``train`` with a ``TrainConfig``; ``load_run`` rebuilds a run's agents), evaluation
+(``evaluate``) and the algorithms (``AGENTS``, ``get_agent``, the act modes). Every other module
+is internal.
+"""
+
+from macflow import __version__, cache_root
+from macflow.agents import ACT_MODES, AGENTS, get_agent
+from macflow.data import Dataset, DatasetError, Sampler, load, save
+from macflow.data.collect import collect
+from macflow.envs import make_env, registered
+from macflow.envs.base import EnvSpec
+from macflow.evaluate import evaluate
+from macflow.train import LoadedRun, Run, TrainConfig, load_run, train
+
+__all__ = [
+    "ACT_MODES",
+    "AGENTS",
+    "Dataset",
+    "DatasetError",
+    "EnvSpec",
+    "LoadedRun",
+    "Run",
+    "Sampler",
+    "TrainConfig",
+    "__version__",
+    "cache_root",
+    "collect",
+    "evaluate",
+    "get_agent",
+    "load",
+    "load_run",
+    "make_env",
+    "registered",
+    "save",
+    "train",
+]
