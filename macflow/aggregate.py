@@ -305,8 +305,33 @@ def cost_markdown(record: dict) -> str:
     return "\n".join(lines)
 
 
+def marl_eval_json(record: dict) -> dict:
+    """Every finished job's final evaluation in marl-eval's raw-data layout (environment ->
+    task_quality -> algorithm -> run_<seed> -> absolute_metrics), sampled act mode; each metric
+    list holds the seed's mean over its evaluation episodes (what marl-eval reduces a list to),
+    ``elapsed_time`` is the job's wall time (every seed of a job trains in one program)."""
+    out: dict = {}
+    for row in record["jobs"].values():
+        if row["status"] != "done":
+            continue
+        env_name, _, task = row["task"].partition("/")
+        runs = out.setdefault(env_name, {}).setdefault(f"{task}_{row['quality']}", {})
+        runs = runs.setdefault(row["cell"], {})
+        final = row["final"]
+        seeds = final.get("seeds", range(len(final["modes"]["sample"])))
+        for seed, r in zip(seeds, final["modes"]["sample"], strict=True):
+            metrics = {"step_count": final.get("step"), "elapsed_time": row.get("seconds")}
+            metrics["return"] = [r["return_mean"]]
+            for name in ("normalised_score", "win_rate"):
+                if name in r and r[name] is not None:
+                    metrics[name] = [r[name]]
+            runs[f"run_{seed}"] = {"absolute_metrics": metrics}
+    return out
+
+
 def write_results(record: dict, out: Path, reps: int = 2000) -> dict:
-    """Write ``results.md``, ``results.json`` and the plots into ``out``; return the JSON.
+    """Write ``results.md``, ``results.json``, ``marl_eval.json`` (every run in marl-eval's
+    layout) and the plots into ``out``; return the JSON.
 
     Across datasets: every dataset (``iqm.png``), then each family (``iqm-<family>.png``)."""
     tables = {mode: markdown_table(record, mode) for mode in MODES}
@@ -369,6 +394,7 @@ def write_results(record: dict, out: Path, reps: int = 2000) -> dict:
     }
     write_atomic(out / "results.md", "\n".join(text) + "\n")
     write_atomic(out / "results.json", json.dumps(result, indent=2))
+    write_atomic(out / "marl_eval.json", json.dumps(marl_eval_json(record), indent=1))
     for name, ests in groups.items():
         plot_intervals(ests, out / ("iqm.png" if name == "all" else f"iqm-{name}.png"))
     return result

@@ -287,6 +287,12 @@ def test_results_have_a_section_and_a_plot_per_family_and_the_cost(tmp_path):
     text = (tmp_path / "results.md").read_text()
     assert "## Across the a datasets (1), sample mode" in text
     assert "In all: 10 min" in text  # 1 + 2 + 3 + 4 minutes
+    # One marl-eval file of every run: environment -> task_quality -> algorithm -> run_<seed>.
+    merged = json.loads((tmp_path / "marl_eval.json").read_text())
+    runs = merged["a"]["1_q"]["x"]
+    assert sorted(runs) == ["run_0", "run_1", "run_2"]
+    got = [runs[f"run_{i}"]["absolute_metrics"]["return"][0] for i in range(3)]
+    assert got == scores[("a/1", "x")] and runs["run_0"]["absolute_metrics"]["elapsed_time"] == 60
 
 
 def test_a_dataset_collect_can_make_is_planned_before_it_exists(tmp_path):
