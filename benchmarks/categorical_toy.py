@@ -40,9 +40,9 @@ import optax
 import tyro
 from toy_common import plain, write_json
 
+from macflow import enable_compile_cache
 from macflow.agents.base import adam_step, masked_logits
 from macflow.agents.macflow import MACFlow, MACFlowConfig
-from macflow.cli import enable_compile_cache
 from macflow.data import Dataset, Sampler
 from macflow.envs import EnvSpec
 from macflow.nn import MLP, pick

@@ -47,10 +47,10 @@ import numpy as np
 import tyro
 from toy_common import plain, write_json
 
+from macflow import enable_compile_cache
 from macflow.agents.base import masked_logits
 from macflow.agents.bc import BC, BCConfig
 from macflow.agents.macflow import MACFlow
-from macflow.cli import enable_compile_cache
 from macflow.data import Dataset, Sampler, load
 from macflow.envs import make_env
 from macflow.envs.rollout import make_rollout

@@ -47,8 +47,8 @@ from toy_b_common import (
     write_json,
 )
 
+from macflow import enable_compile_cache
 from macflow.agents.macflow import MACFlow, MACFlowConfig
-from macflow.cli import enable_compile_cache
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402

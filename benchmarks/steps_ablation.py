@@ -48,9 +48,9 @@ from toy_b_common import (
     write_json,
 )
 
+from macflow import enable_compile_cache
 from macflow.agents.diffusion import Diffusion, DiffusionConfig
 from macflow.agents.macflow import MACFlow, MACFlowConfig
-from macflow.cli import enable_compile_cache
 from macflow.data import Sampler, load
 from macflow.envs import make_env
 

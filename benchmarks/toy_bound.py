@@ -53,8 +53,8 @@ import tyro
 from scipy.optimize import linear_sum_assignment
 from toy_b_common import Trainer, save_png, scripted, seed_slice, write_json
 
+from macflow import enable_compile_cache
 from macflow.agents.macflow import MACFlow, MACFlowConfig
-from macflow.cli import enable_compile_cache
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402

@@ -41,8 +41,8 @@ import toy_common as tc
 import tyro
 from scipy.optimize import linear_sum_assignment
 
+from macflow import enable_compile_cache
 from macflow.agents.macflow import MACFlowConfig
-from macflow.cli import enable_compile_cache
 from macflow.envs.toys import IntensityData
 
 matplotlib.use("Agg")

@@ -31,8 +31,8 @@ import numpy as np
 import toy_common as tc
 import tyro
 
+from macflow import enable_compile_cache
 from macflow.agents.macflow import MACFlowConfig
-from macflow.cli import enable_compile_cache
 from macflow.data import load
 from macflow.envs.toys import XorData
 

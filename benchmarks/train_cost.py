@@ -55,9 +55,9 @@ import numpy as np
 import tyro
 from common import seconds_per_call, synthetic
 
+from macflow import enable_compile_cache
 from macflow.agents import AGENTS, get_agent
 from macflow.agents.macflow import MACFlow, MACFlowConfig
-from macflow.cli import enable_compile_cache
 from macflow.data import Sampler, load
 from macflow.runs import write_atomic
 from macflow.train import TrainConfig, _make_chunk, _prepare, train

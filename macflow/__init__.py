@@ -2,8 +2,8 @@
 decentralised one-step policies), its baselines, datasets and benchmarks.
 
 The public Python API is :mod:`macflow.api` (``docs/api.md``); other modules are internal and
-may change between versions. ``import macflow`` itself is cheap (no JAX): the version and the
-cache directory.
+may change between versions. ``import macflow`` itself is cheap (no JAX): the version, the
+cache directory and the switch for JAX's persistent compile cache.
 """
 
 from __future__ import annotations
@@ -34,3 +34,13 @@ __version__ = _version()
 def cache_root() -> Path:
     """Where macflow keeps compiled programs and default datasets (``MACFLOW_CACHE``)."""
     return Path(os.environ.get("MACFLOW_CACHE", Path.home() / ".cache" / "macflow"))
+
+
+def enable_compile_cache() -> None:
+    """Reuse compiled XLA programs across processes (compile time dominates short runs).
+    They live in ``MACFLOW_JAX_CACHE``, default ``<cache root>/jax``."""
+    import jax
+
+    cache = os.environ.get("MACFLOW_JAX_CACHE") or cache_root() / "jax"
+    jax.config.update("jax_compilation_cache_dir", str(cache))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)

@@ -21,7 +21,7 @@ from rich.markup import escape
 from rich.table import Table
 from tyro.extras import SubcommandApp
 
-from macflow import __version__, cache_root
+from macflow import __version__, enable_compile_cache
 from macflow.data.imports import DEFAULT_OPTIONS, Format, ImportOptions
 from macflow.progress import progress_bar
 from macflow.train import TrainConfig
@@ -29,16 +29,6 @@ from macflow.train import TrainConfig
 console = Console()
 EnvT = TypeVar("EnvT")
 BehaviourT = TypeVar("BehaviourT")
-
-
-def enable_compile_cache() -> None:
-    """Reuse compiled XLA programs across processes (compile time dominates short runs).
-    They live in ``MACFLOW_JAX_CACHE``, default ``<cache root>/jax``."""
-    import jax
-
-    cache = os.environ.get("MACFLOW_JAX_CACHE") or cache_root() / "jax"
-    jax.config.update("jax_compilation_cache_dir", str(cache))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -321,16 +311,13 @@ def _peek(argv: list[str]):
 
 def _task_spec(known):
     """The spec the presets are resolved for: the dataset's, the task's, or a placeholder."""
-    from macflow.data import read_meta
-    from macflow.envs import EnvSpec, entry
+    from macflow.envs import EnvSpec
+    from macflow.train import dataset_spec
 
-    if known.dataset:
-        from macflow.data.imports import cached_import
-
-        return read_meta(cached_import(known.dataset))["spec"]
-    if known.task:
-        return entry(known.task).env_cls()().spec
-    return EnvSpec("any", 2, 1, 2, 1, False, 1, action_low=(-1.0,), action_high=(1.0,))
+    spec = dataset_spec(known.dataset, known.task)
+    if spec is None:
+        return EnvSpec("any", 2, 1, 2, 1, False, 1, action_low=(-1.0,), action_high=(1.0,))
+    return spec
 
 
 def train_command(argv: list[str]) -> None:
@@ -368,7 +355,8 @@ def train_command(argv: list[str]) -> None:
         prog="macflow train",
         description=desc,
     )
-    result = train(args.train, args.agent, console=console)
+    command = "macflow " + shlex.join(["train", *argv])
+    result = train(args.train, args.agent, console=console, command=command)
     console.print(f"run directory: {result.path}")
     if result.final:
         print_final(result.final, title=f"{algo} final evaluation")
@@ -509,7 +497,11 @@ def _build_app() -> SubcommandApp:
         """
         from macflow.data.imports import import_dataset
 
-        for ds in import_dataset(format, src, out, convert, overwrite=overwrite, console=console):
+        command = "macflow " + shlex.join(_ARGV)
+        imported = import_dataset(
+            format, src, out, convert, overwrite=overwrite, console=console, command=command
+        )
+        for ds in imported:
             print_dataset(ds)
             notes = ds.provenance.get("transformations") or []
             for note in notes:

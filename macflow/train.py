@@ -16,7 +16,6 @@ import dataclasses
 import datetime
 import functools
 import json
-import shlex
 import sys
 import time
 from pathlib import Path
@@ -112,6 +111,26 @@ def default_dataset(task: str, episodes: int = 10_000) -> Path:
         print(f"collecting the default dataset of {task} into {path}", file=sys.stderr)
         save(collect(e.env_cls()(), behaviour(), episodes), path)
     return path
+
+
+def resolve_dataset(dataset: str | Path | None, task: str | None) -> Path:
+    """The dataset directory a run trains on: ``dataset`` (a macflow dataset, or one of the
+    field's formats converted once into the cache), else ``task``'s default scripted dataset."""
+    if dataset is None and task is None:
+        raise ValueError("give --dataset DIR or --task ID (its default dataset is collected)")
+    return cached_import(dataset) if dataset else default_dataset(task)
+
+
+def dataset_spec(dataset: str | Path | None, task: str | None) -> EnvSpec | None:
+    """The spec a run of ``dataset``/``task`` will train on, without collecting anything (the
+    presets are resolved for it before training); None when neither is given."""
+    if dataset:
+        from macflow.data import read_meta
+
+        return read_meta(resolve_dataset(dataset, task))["spec"]
+    if task:
+        return entry(task).env_cls()().spec
+    return None
 
 
 def hardware() -> dict[str, Any]:
@@ -234,12 +253,14 @@ class Run:
     final: dict[str, Any] | None
 
 
-def train(cfg: TrainConfig, agent_config: Any = None, console=None) -> Run:
+def train(
+    cfg: TrainConfig, agent_config: Any = None, console=None, command: str | None = None
+) -> Run:
     """Train ``cfg.algo`` with ``agent_config`` (default: its ``cfg.preset`` for the dataset's
-    task); see the module docstring. ``console``: a ``rich`` console for the progress bar."""
-    if cfg.dataset is None and cfg.task is None:
-        raise ValueError("give --dataset DIR or --task ID (its default dataset is collected)")
-    dataset_path = cached_import(cfg.dataset) if cfg.dataset else default_dataset(cfg.task)
+    task); see the module docstring. ``console``: a ``rich`` console for the progress bar;
+    ``command``: the command line recorded in ``config.json`` (``macflow train`` passes its own).
+    """
+    dataset_path = resolve_dataset(cfg.dataset, cfg.task)
     ds = load(dataset_path)
     spec = ds.spec
     if cfg.task is not None and cfg.task != spec.env_id:
@@ -263,7 +284,7 @@ def train(cfg: TrainConfig, agent_config: Any = None, console=None) -> Run:
     run = Path(cfg.out) / name
     record = {
         "macflow_version": __version__,
-        "command": "macflow " + shlex.join(sys.argv[1:]),
+        "command": command,
         "algo": cfg.algo,
         "train": _jsonable(cfg) | {"dataset": str(Path(dataset_path).absolute())},
         "agent": _jsonable(agent_config),

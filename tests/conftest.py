@@ -2,7 +2,7 @@
 
 import pytest
 
-from macflow.cli import enable_compile_cache
+from macflow import enable_compile_cache
 
 enable_compile_cache()
 

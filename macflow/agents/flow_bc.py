@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 
 from macflow.agents.base import small
-from macflow.agents.macflow import MACFlow, MACFlowConfig, _paper, _reference
+from macflow.agents.macflow import MACFlow, MACFlowConfig, _paper, _quickstart, _reference
 from macflow.envs.base import EnvSpec
 
 
@@ -52,4 +52,5 @@ class FlowBC(MACFlow):
         "paper": _without_q(_paper),
         "reference": _without_q(_reference),
         "small": small(_without_q(_paper)),
+        "quickstart": _without_q(_quickstart),
     }

@@ -97,16 +97,17 @@ def import_dataset(
     console=None,
     quiet: bool = False,
     sources: list[tuple[str, Source]] | None = None,
+    command: str | None = None,
 ) -> list[Dataset]:
     """Convert every dataset in ``src`` into ``out`` (or ``out/<name>`` when there are several).
 
-    ``sources`` are those :func:`open_sources` returned, when the caller opened them already.
+    ``sources`` are those :func:`open_sources` returned, when the caller opened them already;
+    ``command`` (the command line that asked for the import) goes into the provenance.
     """
     from macflow.progress import progress_bar
 
     if sources is None:
         sources = open_sources(fmt, src, options)
-    command = " ".join(["macflow", *sys.argv[1:]]) if sys.argv[0].endswith("macflow") else None
     out = Path(out)
     if len(sources) > 1 and (out / "meta.json").exists():
         raise FileExistsError(
