@@ -44,9 +44,9 @@ from macflow import enable_compile_cache
 from macflow.agents.base import adam_step, masked_logits
 from macflow.agents.macflow import MACFlow, MACFlowConfig
 from macflow.data import Dataset, Sampler
-from macflow.envs import EnvSpec
+from macflow.loop import make_chunk
 from macflow.nn import MLP, pick
-from macflow.train import _make_chunk
+from macflow.spec import EnvSpec
 
 
 @dataclasses.dataclass(frozen=True)
@@ -134,7 +134,7 @@ def _teacher(a: Args, ds: Dataset, name: str, seed: int) -> MACFlow:
     )  # fmt: skip
     keys = jnp.stack([jax.random.PRNGKey(seed)])
     agents = jax.vmap(lambda k: MACFlow.create(k, ds.spec, config))(keys)
-    agents, _, _ = _make_chunk(a.batch)(
+    agents, _, _ = make_chunk(a.batch)(
         agents, None, Sampler.from_dataset(ds), keys, 0, "teacher", a.updates
     )
     return jax.tree.map(lambda x: x[0], agents)

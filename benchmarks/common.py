@@ -9,7 +9,7 @@ import jax
 import numpy as np
 
 from macflow.data import Dataset, Sampler
-from macflow.envs import EnvSpec
+from macflow.spec import EnvSpec
 
 
 def synthetic(

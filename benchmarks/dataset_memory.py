@@ -62,7 +62,7 @@ def _available() -> int:
 def write(args: Args, path: Path) -> dict:
     from macflow.data import Dataset, save
     from macflow.data.schema import fields_for
-    from macflow.envs import EnvSpec
+    from macflow.spec import EnvSpec
 
     T, N, L = args.transitions, args.agents, args.episode_length
     E = -(-T // L)

@@ -20,10 +20,10 @@ from pathlib import Path
 
 import tyro
 
-from macflow.behaviour.qualities import qualities
 from macflow.data import load
 from macflow.envs import entry
-from macflow.runs import write_atomic
+from macflow.files import write_atomic
+from macflow.trainers.qualities import qualities
 
 
 @dataclasses.dataclass(frozen=True)

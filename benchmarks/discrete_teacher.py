@@ -54,7 +54,7 @@ from macflow.agents.macflow import MACFlow
 from macflow.data import Dataset, Sampler, load
 from macflow.envs import make_env
 from macflow.envs.rollout import make_rollout
-from macflow.train import _make_chunk, _prepare
+from macflow.loop import make_chunk, prepare
 
 
 @dataclasses.dataclass(frozen=True)
@@ -257,7 +257,7 @@ def main(a: Args) -> None:
     m = Measure(Sampler.from_dataset(test_ds), a)
     hidden = (a.width,) * a.depth
     keys = jnp.stack([jax.random.PRNGKey(s) for s in a.seeds])
-    chunk = _make_chunk(a.batch)
+    chunk = make_chunk(a.batch)
     env = make_env(spec.env_id, **ds.env_kwargs) if a.episodes else None
     mu_j, sd_j = jnp.asarray(mu), jnp.asarray(sd)
     k_eval = jax.random.PRNGKey(11)
@@ -308,7 +308,7 @@ def main(a: Args) -> None:
             rows[f"teacher K={a.flow_steps} ({param})"].append(fig)
         models |= rows
         if a.student_steps:
-            aux = jax.block_until_ready(_prepare(agents, sampler, "policy"))
+            aux = jax.block_until_ready(prepare(agents, sampler, "policy"))
             per_seed = aux["targets"].nbytes / len(a.seeds)
             results.setdefault("cache", {})[param] = {
                 "rows": sampler.num_transitions,

@@ -1,24 +1,24 @@
 """Shared pieces of ``toy_bound.py``, ``landmarks_scaling.py`` and ``steps_ablation.py``.
 
-In-memory scripted datasets, stage-by-stage training through ``macflow.train``'s own jitted
-K-update program (so what is trained and timed is what ``macflow train`` runs), evaluation of the
+In-memory scripted datasets, stage-by-stage training through :func:`macflow.loop.fit` (so what
+is trained and timed is what ``macflow train`` runs), evaluation of the
 students and of MAC-Flow's joint teacher; atomic JSON/PNG outputs come from ``toy_common``.
 """
 
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from toy_common import save_png, write_json  # noqa: F401  (re-exported to the scripts)
 from toy_common import seed as seed_slice  # noqa: F401
 
+from macflow import loop
+from macflow.agents import Stage
 from macflow.data import Dataset, Sampler
 from macflow.data.collect import Uniform, collect
 from macflow.envs import entry, make_env
 from macflow.envs.rollout import make_rollout
 from macflow.evaluate import evaluate
-from macflow.train import _make_chunk, _prepare
 
 
 def scripted(task: str, episodes: int, seed: int = 0, behaviour=None, **env_kwargs):
@@ -37,40 +37,39 @@ def random_return(env, episodes: int = 500, seed: int = 1) -> float:
 
 
 class Trainer:
-    """Vmapped seeds of one agent, trained stage by stage with ``macflow.train``'s chunk."""
+    """Vmapped seeds of one agent, trained stage by stage with :func:`macflow.loop.fit`."""
 
     def __init__(self, agent_cls, spec, config, seeds=(0,), batch: int = 256):
-        keys = jnp.stack([jax.random.PRNGKey(s) for s in seeds])
-        self.agents = jax.jit(jax.vmap(lambda k: agent_cls.create(k, spec, config)))(keys)
-        self.data_keys = jax.vmap(lambda k: jax.random.fold_in(k, 0x5EED))(keys)
-        self.chunk = _make_chunk(batch)
+        self.seeds, self.batch = list(seeds), batch
+        self.agents = loop.create_agents(agent_cls, spec, config, self.seeds)
+        self.done: list[Stage] = []
         self.step = 0
 
     def stage(self, sampler, name: str, steps: int, every: int, prepare=False, on_chunk=None):
         """Run ``steps`` updates of stage ``name`` in jitted calls of ``every`` updates;
-        ``on_chunk(trainer)`` after each call. Returns the stage's ``aux`` (teacher cache)."""
-        aux = _prepare(self.agents, sampler, name) if prepare else None
-        done = 0
-        while done < steps:
-            k = min(every, steps - done)
-            self.agents, _, finite = self.chunk(
-                self.agents, aux, sampler, self.data_keys, self.step, name, k
-            )
-            if not all(bool(np.all(v)) for v in jax.device_get(finite).values()):
-                raise RuntimeError(f"stage {name}: a loss became NaN/inf near update {self.step}")
-            done += k
-            self.step += k
+        ``on_chunk(trainer)`` after each call."""
+
+        def after(c):
+            self.agents, self.step = c.agents, c.step
             if on_chunk is not None:
                 on_chunk(self)
-        return aux
+
+        # The stages done so far come first so that fit numbers the updates (and draws the
+        # batches) on from where they stopped.
+        stages = [*self.done, Stage(name, steps, evaluate=False, prepare=prepare)]
+        self.agents = loop.fit(
+            self.agents, sampler, stages, self.seeds, self.batch, every, self.step, after
+        )
+        self.done = stages
 
     def timed(self, sampler, name: str, updates: int, prepare=False):
-        """``(fn, aux)``: ``fn()`` runs ``updates`` updates of stage ``name`` from the current
-        agents (results discarded), for timing."""
-        aux = _prepare(self.agents, sampler, name) if prepare else None
+        """``fn``: ``fn()`` runs ``updates`` updates of stage ``name`` from the current agents
+        (results discarded), for timing."""
+        aux = loop.prepare(self.agents, sampler, name) if prepare else None
+        chunk, keys = loop.make_chunk(self.batch), loop.data_keys(self.seeds)
 
         def fn():
-            return self.chunk(self.agents, aux, sampler, self.data_keys, 0, name, updates)
+            return chunk(self.agents, aux, sampler, keys, 0, name, updates)
 
         return fn
 

@@ -20,7 +20,7 @@ from macflow.agents.macflow import MACFlowConfig
 from macflow.data import save
 from macflow.data.collect import collect
 from macflow.envs import make_env
-from macflow.runs import write_atomic
+from macflow.files import write_atomic
 from macflow.train import Run, TrainConfig, load_run, train
 
 

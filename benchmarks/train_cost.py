@@ -5,7 +5,7 @@ table's configuration (``sweeps/table.toml``: the ``paper`` preset, every hidden
 ``--depth`` x ``--width``, Adam ``--lr``, its per-task overrides), 1 seed, batch 256:
 
 1. updates/s of each training stage, timed on the real jitted chunk of ``macflow.train``
-   (``_make_chunk``: the ``lax.scan`` of ``--chunk`` updates, batch sampling included; the same
+   (``make_chunk``: the ``lax.scan`` of ``--chunk`` updates, batch sampling included; the same
    program the training loop runs), plus each stage's preparation (e.g. MAC-Flow's teacher cache);
 2. the wall clock to reach a fixed return: each algorithm trained by ``macflow.train.train``
    (``--max-steps`` updates of its final stage after any earlier stage, e.g. the flow teacher's),
@@ -59,8 +59,9 @@ from macflow import enable_compile_cache
 from macflow.agents import AGENTS, get_agent
 from macflow.agents.macflow import MACFlow, MACFlowConfig
 from macflow.data import Sampler, load
-from macflow.runs import write_atomic
-from macflow.train import TrainConfig, _make_chunk, _prepare, train
+from macflow.files import write_atomic
+from macflow.loop import make_chunk, prepare
+from macflow.train import TrainConfig, train
 
 # The measurements of the public code on this machine (seconds per update, by width).
 PUBLIC_SECONDS_PER_UPDATE = {512: 0.95, 256: 1 / 3.4}
@@ -193,13 +194,13 @@ def stage_programs(algo: str, config, sampler: Sampler, spec, a: AlgosArgs) -> l
     cls = get_agent(algo)
     keys = jnp.stack([jax.random.PRNGKey(a.seed)])
     agents = jax.jit(jax.vmap(lambda k: cls.create(k, spec, config)))(keys)
-    chunk = _make_chunk(a.batch)
+    chunk = make_chunk(a.batch)
     out = []
     for stage in cls.stages(config, a.max_steps):
         row = {"stage": stage.name, "steps": stage.steps, "prepare_seconds": None}
         aux = None
         if stage.prepare:
-            compiled = _prepare.lower(agents, sampler, stage.name).compile()
+            compiled = prepare.lower(agents, sampler, stage.name).compile()
             start = time.perf_counter()
             aux = jax.block_until_ready(compiled(agents, sampler))
             row["prepare_seconds"] = time.perf_counter() - start
@@ -578,12 +579,12 @@ def macflow_main(a: MacFlowArgs) -> None:
     base = MACFlowConfig(
         teacher_hidden=hidden, student_hidden=hidden, critic_hidden=hidden, flow_steps=a.flow_steps
     )
-    chunk = _make_chunk(a.batch)
+    chunk = make_chunk(a.batch)
 
     def per_update(config, stage, seeds=1, cached=False):
         keys = jnp.stack([jax.random.PRNGKey(s) for s in range(seeds)])
         agents = jax.jit(jax.vmap(lambda k: MACFlow.create(k, spec, config)))(keys)
-        aux = _prepare(agents, sampler, stage) if cached else None
+        aux = prepare(agents, sampler, stage) if cached else None
         run = lambda: chunk(agents, aux, sampler, keys, 0, stage, a.updates)  # noqa: E731
         return seconds_per_call(run, repeats=3, min_time=3.0) / a.updates
 
@@ -606,9 +607,9 @@ def macflow_main(a: MacFlowArgs) -> None:
 
     keys = jnp.stack([jax.random.PRNGKey(0)])
     agents = jax.jit(jax.vmap(lambda k: MACFlow.create(k, spec, base)))(keys)
-    jax.block_until_ready(_prepare(agents, sampler, "policy"))  # compile
+    jax.block_until_ready(prepare(agents, sampler, "policy"))  # compile
     start = time.perf_counter()
-    jax.block_until_ready(_prepare(agents, sampler, "policy"))
+    jax.block_until_ready(prepare(agents, sampler, "policy"))
     t_build = time.perf_counter() - start
     per_million = t_build * 1_000_000 / sampler.num_transitions
 

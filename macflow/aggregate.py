@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from macflow.runs import write_atomic
+from macflow.files import write_atomic
 
 MODES = ("sample", "zero")
 

@@ -5,17 +5,18 @@
 Tasks (``make_env``, ``registered``), datasets (``load``, ``save``, ``collect`` from a scripted
 behaviour, ``Dataset``, ``Sampler``),
 training (``train`` with a ``TrainConfig``; ``load_run`` rebuilds a run's agents), evaluation
-(``evaluate``) and the algorithms (``AGENTS``, ``get_agent``, the act modes). Every other module
-is internal.
+(``evaluate``), the algorithms (``AGENTS``, ``get_agent``, the act modes) and the command line
+itself (``main(["train", ...])``). Every other module is internal.
 """
 
 from macflow import __version__, cache_root
 from macflow.agents import ACT_MODES, AGENTS, get_agent
+from macflow.cli import main
 from macflow.data import Dataset, DatasetError, Sampler, load, save
 from macflow.data.collect import collect
 from macflow.envs import make_env, registered
-from macflow.envs.base import EnvSpec
 from macflow.evaluate import evaluate
+from macflow.spec import EnvSpec
 from macflow.train import LoadedRun, Run, TrainConfig, load_run, train
 
 __all__ = [
@@ -35,6 +36,7 @@ __all__ = [
     "get_agent",
     "load",
     "load_run",
+    "main",
     "make_env",
     "registered",
     "save",

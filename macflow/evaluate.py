@@ -3,7 +3,8 @@
 All seeds of a run are evaluated in one program (``vmap`` over the stacked agents), each over
 ``episodes`` parallel episodes. Reported per seed: episode returns (the marl-eval metric), their
 mean/std, the normalised score when the dataset carries reference returns, and the win rate when
-the environment reports ``info["won"]``.
+the environment reports ``info["won"]``. :func:`final_evaluation` is the evaluation that closes
+a run (``macflow train``) and re-evaluates one (``macflow eval``).
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from typing import Any
 import jax
 import numpy as np
 
+from macflow.agents import ACT_MODES
+from macflow.data.dataset import normalised_score
 from macflow.envs.base import Env
 from macflow.envs.host import host_rollout
 from macflow.envs.rollout import make_rollout
@@ -93,9 +96,31 @@ def evaluate(
             "return_max": float(returns.max()),
         }
         if reference:
-            lo, hi = reference["random"], reference["expert"]
-            r["normalised_score"] = float(100 * (returns.mean() - lo) / (hi - lo))
+            r["normalised_score"] = normalised_score(returns.mean(), reference)
         if "won" in out["final_info"]:
             r["win_rate"] = float(np.mean(out["final_info"]["won"][s]))
         results.append(r)
     return results
+
+
+def final_evaluation(
+    env: Env,
+    agents: Any,
+    key: jax.Array,
+    episodes: int,
+    chunk: int,
+    reference: dict[str, float] | None,
+    step: int,
+    seeds: list[int],
+) -> tuple[dict[str, Any], dict[str, list[dict[str, Any]]]]:
+    """Both act modes over ``episodes`` per seed (in batches of ``chunk``), with one ``key``.
+
+    Returns the summary written as ``final.json``/``eval.json`` (``step``, ``episodes``,
+    ``seeds`` and per mode the per-seed statistics) and, per mode, :func:`evaluate`'s full
+    results (with the episode returns, for the logs)."""
+    final = {"step": step, "episodes": episodes, "seeds": list(seeds), "modes": {}}
+    full = {}
+    for mode in ACT_MODES:
+        full[mode] = evaluate(env, agents, key, episodes, mode, reference, chunk)
+        final["modes"][mode] = [{k: v for k, v in r.items() if k != "returns"} for r in full[mode]]
+    return final, full

@@ -58,7 +58,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from macflow.runs import write_atomic
+from macflow.files import write_atomic
 
 FINAL = "final.json"
 TOP_LEVEL = {
@@ -120,7 +120,7 @@ def _absent_spec(task: str, quality: str, recorded: dict):
     """The spec of a dataset that is not here: the record's, else the registered task's when
     ``macflow collect`` can make that quality (so a mistyped quality stays an error); or None."""
     from macflow.envs import entry, make_env
-    from macflow.envs.base import EnvSpec
+    from macflow.spec import EnvSpec
 
     if "spec" in recorded:
         return EnvSpec.from_dict(recorded["spec"])
@@ -129,21 +129,18 @@ def _absent_spec(task: str, quality: str, recorded: dict):
             return None
     except KeyError:
         return None
-    from macflow.behaviour.qualities import qualities
+    from macflow.trainers.qualities import qualities
 
     spec = make_env(task).spec
     return spec if quality in qualities(spec.discrete) else None
 
 
 def _agent_flags(cls, spec, preset: str, width, agent: dict) -> list[str] | None:
-    """``--agent.*`` flags for the shared widths/fields; None if ``cls`` cannot run ``spec``."""
-    import jax
-
-    try:
-        config = cls.presets[preset](spec)
-        jax.eval_shape(lambda k: cls.create(k, spec, config), jax.random.PRNGKey(0))
-    except ValueError:  # e.g. a discrete-only algorithm on a continuous task
+    """``--agent.*`` flags for the shared widths/fields; None if ``cls`` cannot run ``spec``
+    (its ``supports``, e.g. a discrete-only algorithm on a continuous task)."""
+    if cls.supports(spec) is not None:
         return None
+    config = cls.presets[preset](spec)
     flags = []
     for f in dataclasses.fields(config):
         value = getattr(config, f.name)

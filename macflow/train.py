@@ -1,13 +1,14 @@
-"""The training loop, shared by every algorithm.
+"""``macflow train``: a run directory around the training loop of :mod:`macflow.loop`.
 
-The dataset goes to the device once. Each host call runs K updates (``log_every``) of every seed
-inside one jitted ``lax.scan``, the seeds ``vmap``ped side by side; the host then logs the
-averaged metrics, checks them for NaN/inf, evaluates the decentralised policy and writes an
-atomic checkpoint when due. Every evaluation row carries ``train_seconds``: the wall clock spent
-so far on updates and stage preparation (compilation included; evaluations and checkpoints
-excluded), counted from the start of this process's training (it restarts at 0 on ``--resume``).
-Batches are drawn with keys derived from (seed, update number) and the agents carry their own
-RNG, so a resumed run repeats exactly what an uninterrupted one computes.
+The dataset goes to the device once. :func:`macflow.loop.fit` runs K updates (``log_every``) of
+every seed per jitted call and checks them for NaN/inf; after each call this module logs the
+averaged metrics, evaluates the decentralised policy and writes an atomic checkpoint when due,
+and at the end runs the final evaluation (``final.json``). Every evaluation row carries
+``train_seconds``: the wall clock spent so far on updates and stage preparation (compilation
+included; evaluations and checkpoints excluded), counted from the start of this process's
+training (it restarts at 0 on ``--resume``). Batches are drawn with keys derived from (seed,
+update number) and the agents carry their own RNG, so a resumed run repeats exactly what an
+uninterrupted one computes.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import functools
+import itertools
 import json
 import sys
 import time
@@ -22,7 +24,6 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from macflow import __version__, cache_root
@@ -30,10 +31,20 @@ from macflow.agents import ACT_MODES, get_agent
 from macflow.data import Sampler, load
 from macflow.data.imports import cached_import
 from macflow.envs import entry, make_env
-from macflow.envs.base import EnvSpec
-from macflow.evaluate import evaluate
+from macflow.evaluate import evaluate, final_evaluation
+from macflow.files import write_atomic
+from macflow.loop import (
+    Chunk,
+    TrainingDiverged,
+    create_agents,
+    data_keys,
+    fit,
+    make_chunk,
+    seed_keys,
+)
 from macflow.progress import progress_bar
-from macflow.runs import CHECKPOINT, RunLog, load_checkpoint, save_checkpoint, write_atomic
+from macflow.runs import CHECKPOINT, RunLog, load_checkpoint, save_checkpoint
+from macflow.spec import EnvSpec
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,10 +104,6 @@ class TrainConfig:
             raise ValueError(f"--seeds must be distinct and non-empty, got {self.seeds}")
 
 
-class TrainingDiverged(RuntimeError):
-    """A loss became NaN or inf; the last good checkpoint is kept."""
-
-
 def default_dataset(task: str, episodes: int = 10_000) -> Path:
     """``task``'s default scripted dataset in the cache, collected on first use."""
     from macflow.data import save
@@ -113,21 +120,26 @@ def default_dataset(task: str, episodes: int = 10_000) -> Path:
     return path
 
 
-def resolve_dataset(dataset: str | Path | None, task: str | None) -> Path:
+def resolve_dataset(
+    dataset: str | Path | None, task: str | None, command: str | None = None
+) -> Path:
     """The dataset directory a run trains on: ``dataset`` (a macflow dataset, or one of the
-    field's formats converted once into the cache), else ``task``'s default scripted dataset."""
+    field's formats converted once into the cache, ``command`` in its provenance), else
+    ``task``'s default scripted dataset."""
     if dataset is None and task is None:
         raise ValueError("give --dataset DIR or --task ID (its default dataset is collected)")
-    return cached_import(dataset) if dataset else default_dataset(task)
+    return cached_import(dataset, command) if dataset else default_dataset(task)
 
 
-def dataset_spec(dataset: str | Path | None, task: str | None) -> EnvSpec | None:
+def dataset_spec(
+    dataset: str | Path | None, task: str | None, command: str | None = None
+) -> EnvSpec | None:
     """The spec a run of ``dataset``/``task`` will train on, without collecting anything (the
     presets are resolved for it before training); None when neither is given."""
     if dataset:
         from macflow.data import read_meta
 
-        return read_meta(resolve_dataset(dataset, task))["spec"]
+        return read_meta(resolve_dataset(dataset, task, command))["spec"]
     if task:
         return entry(task).env_cls()().spec
     return None
@@ -222,29 +234,6 @@ def _jsonable(obj: Any) -> Any:
     return obj
 
 
-def _make_chunk(sampler_batch: int):
-    """The jitted K-update program ``(agents, aux, sampler, keys, start) -> (agents, mean,
-    finite)``; ``aux`` is each seed's stage precomputation (or None)."""
-
-    def chunk(agents, aux, sampler, keys, start, stage, k):
-        def body(agents, i):
-            step_keys = jax.vmap(lambda key: jax.random.fold_in(key, start + i))(keys)
-            batch = jax.vmap(lambda key: sampler.sample(key, sampler_batch))(step_keys)
-            return jax.vmap(lambda a, x, b: a.update(b, stage, x))(agents, aux, batch)
-
-        agents, infos = jax.lax.scan(body, agents, jnp.arange(k))
-        means = jax.tree.map(lambda x: x.mean(axis=0), infos)
-        finite = jax.tree.map(lambda x: jnp.isfinite(x).all(axis=0), infos)
-        return agents, means, finite
-
-    return jax.jit(chunk, static_argnames=("stage", "k"))
-
-
-@functools.partial(jax.jit, static_argnames=("stage",))
-def _prepare(agents, sampler, stage: str):
-    return jax.vmap(lambda a: a.prepare(sampler, stage))(agents)
-
-
 @dataclasses.dataclass
 class Run:
     """What ``train`` returns: where it wrote and the final evaluation."""
@@ -253,14 +242,22 @@ class Run:
     final: dict[str, Any] | None
 
 
-def train(
-    cfg: TrainConfig, agent_config: Any = None, console=None, command: str | None = None
-) -> Run:
-    """Train ``cfg.algo`` with ``agent_config`` (default: its ``cfg.preset`` for the dataset's
-    task); see the module docstring. ``console``: a ``rich`` console for the progress bar;
-    ``command``: the command line recorded in ``config.json`` (``macflow train`` passes its own).
-    """
-    dataset_path = resolve_dataset(cfg.dataset, cfg.task)
+class _Setup(NamedTuple):
+    """What a run is, resolved from its options before anything is written."""
+
+    ds: Any
+    env: Any
+    """None for an imported dataset of a task macflow cannot run (no evaluation)."""
+    agent_cls: type
+    agent_config: Any
+    stages: list
+    seeds: list[int]
+    run: Path
+    record: dict[str, Any]
+
+
+def _setup(cfg: TrainConfig, agent_config: Any, command: str | None) -> _Setup:
+    dataset_path = resolve_dataset(cfg.dataset, cfg.task, command)
     ds = load(dataset_path)
     spec = ds.spec
     if cfg.task is not None and cfg.task != spec.env_id:
@@ -270,6 +267,9 @@ def train(
     except KeyError:
         env = None  # an imported dataset of a task macflow cannot run: train without evaluation
     agent_cls = get_agent(cfg.algo)
+    reason = agent_cls.supports(spec)
+    if reason is not None:
+        raise ValueError(reason)
     if agent_config is None:
         if cfg.preset not in agent_cls.presets:
             raise ValueError(
@@ -277,11 +277,8 @@ def train(
             )
         agent_config = agent_cls.presets[cfg.preset](spec)
     stages = agent_cls.stages(agent_config, cfg.steps)
-    seeds = list(cfg.seeds)
-
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     name = cfg.name or f"{spec.env_id.replace('/', '-')}-{cfg.algo}-{stamp}"
-    run = Path(cfg.out) / name
     record = {
         "macflow_version": __version__,
         "command": command,
@@ -298,9 +295,14 @@ def train(
         "spec": spec.to_dict(),
         "stages": [s._asdict() for s in stages],
     }
-    keys = jnp.stack([jax.random.PRNGKey(s) for s in seeds])
-    agents = jax.jit(jax.vmap(lambda k: agent_cls.create(k, spec, agent_config)))(keys)
-    data_keys = jax.vmap(lambda k: jax.random.fold_in(k, 0x5EED))(keys)
+    run = Path(cfg.out) / name
+    return _Setup(ds, env, agent_cls, agent_config, stages, list(cfg.seeds), run, record)
+
+
+def _open(cfg: TrainConfig, setup: _Setup, agents: Any) -> tuple[Any, int]:
+    """Check a ``--resume`` against the run's record and load its checkpoint, or refuse to
+    overwrite a run; writes ``config.json``. Returns the agents and the update to start from."""
+    run, record = setup.run, setup.record
     step = 0
     if cfg.resume:
         if not (run / CHECKPOINT).exists():
@@ -319,108 +321,151 @@ def train(
         raise ValueError(f"{run} exists; pass --resume to continue it or choose another --name")
     run.mkdir(parents=True, exist_ok=True)
     write_atomic(run / "config.json", json.dumps(record, indent=2))
+    return agents, step
 
-    sampler = Sampler.from_dataset(ds)
-    chunk = _make_chunk(cfg.batch_size)
+
+def _columns(setup: _Setup, sampler: Any) -> list[str]:
+    """The metrics every stage's ``update`` reports, in order (the columns of metrics.csv)."""
+    spec, cls, config = setup.ds.spec, setup.agent_cls, setup.agent_config
     example = sampler.sample(jax.random.PRNGKey(0), 2)
-    abstract = jax.eval_shape(lambda k: agent_cls.create(k, spec, agent_config), keys[0])
+    abstract = jax.eval_shape(lambda k: cls.create(k, spec, config), seed_keys(setup.seeds)[0])
     columns: list[str] = []
-    for stage in stages:
+    for stage in setup.stages:
         info = jax.eval_shape(lambda a, b, s=stage.name: a.update(b, s)[1], abstract, example)
         columns += [k for k in info if k not in columns]
-    log = RunLog(run, columns, cfg.tensorboard)
+    return columns
+
+
+def _estimate(cfg: TrainConfig, setup: _Setup, agents: Any, sampler: Any, step: int) -> str:
+    """``estimate_text`` from timing a few updates of the current stage on a throw-away copy
+    (after compiling them), so the estimate comes within seconds, not after a logged chunk."""
+    stages = setup.stages
+    ends = list(itertools.accumulate(s.steps for s in stages))
+    first = next((i for i, end in enumerate(ends) if step < end), 0)
+    k = min(cfg.log_every, 50)
+    chunk = make_chunk(cfg.batch_size)
+    keys = data_keys(setup.seeds)
+    probe = functools.partial(chunk, agents, None, sampler, keys, step, stages[first].name, k)
+    jax.block_until_ready(probe())
+    t0 = time.perf_counter()
+    jax.block_until_ready(probe())
+    per = (time.perf_counter() - t0) / k
+    return estimate_text(per, ends[first] - step, ends[-1] - ends[first], ends[first])
+
+
+class _Schedule:
+    """What ``train`` does after every jitted call: log, evaluate when due, checkpoint, and
+    move the progress bar."""
+
+    def __init__(self, cfg: TrainConfig, setup: _Setup, log: RunLog, bar, task, step: int):
+        self.cfg, self.setup, self.log, self.bar, self.task = cfg, setup, log, bar, task
+        self.last_good, self.train_seconds, self.latest = step, 0.0, ""
+
+    def __call__(self, c: Chunk) -> None:
+        cfg, seeds, env = self.cfg, self.setup.seeds, self.setup.env
+        self.train_seconds = c.train_seconds
+        per_seed = [{m: float(v[i]) for m, v in c.means.items()} for i in range(len(seeds))]
+        self.log.train(c.step, c.stage.name, per_seed, seeds)
+        due = cfg.eval_every and (c.step - c.offset) % cfg.eval_every == 0
+        if env is not None and c.stage.evaluate and due:
+            for mode in ACT_MODES:
+                key = jax.random.fold_in(EVAL_KEY, c.step)
+                res = evaluate(env, c.agents, key, cfg.eval_episodes, mode, self.reference)
+                timed = [r | {"train_seconds": round(c.train_seconds, 3)} for r in res]
+                self.log.evaluation(c.step, mode, timed, seeds)
+                if mode == "sample":
+                    self.log.marl_eval(self.env_id, cfg.algo, c.step, res, seeds)
+                    self.latest = f"return {np.mean([r['return_mean'] for r in res]):.4g}"
+        end = c.offset + c.stage.steps
+        if (cfg.checkpoint_every and c.step % cfg.checkpoint_every == 0) or c.step == end:
+            save_checkpoint(self.setup.run, c.agents, c.step)
+            self.last_good = c.step
+        rate = f"{c.updates / c.seconds:,.0f} upd/s"
+        self.bar.update(self.task, completed=c.step, rate=rate, eval=self.latest)
+
+    @property
+    def reference(self):
+        return self.setup.ds.reference_returns
+
+    @property
+    def env_id(self) -> str:
+        return self.setup.ds.spec.env_id
+
+
+EVAL_KEY = jax.random.PRNGKey(0xE7A1)
+"""Periodic evaluations fold in the update number, the final one ``0xF1AA1``."""
+
+
+def _final(cfg: TrainConfig, setup: _Setup, agents, log: RunLog, step: int, seconds: float):
+    """The closing evaluation (``final_eval_factor`` x the episodes), logged and written as
+    ``final.json``; None when the run cannot or should not be evaluated."""
+    ds, env, seeds = setup.ds, setup.env, setup.seeds
+    if env is None or not setup.stages[-1].evaluate:
+        return None
+    episodes = cfg.eval_episodes * cfg.final_eval_factor
+    key = jax.random.fold_in(EVAL_KEY, 0xF1AA1)
+    final, full = final_evaluation(
+        env, agents, key, episodes, cfg.eval_episodes, ds.reference_returns, step, seeds
+    )
+    for mode, res in full.items():
+        timed = [r | {"train_seconds": round(seconds, 3)} for r in res]
+        log.evaluation(step, f"final-{mode}", timed, seeds)
+        if mode == "sample":
+            log.marl_eval(ds.spec.env_id, cfg.algo, step, res, seeds, absolute=True)
+    final["behaviour"] = {k: v for k, v in ds.stats().items() if k.startswith("return")}
+    final["dataset_checksum"] = ds.checksum
+    final["hardware"] = hardware()
+    write_atomic(setup.run / "final.json", json.dumps(final, indent=2))
+    return final
+
+
+def train(
+    cfg: TrainConfig, agent_config: Any = None, console=None, command: str | None = None
+) -> Run:
+    """Train ``cfg.algo`` with ``agent_config`` (default: its ``cfg.preset`` for the dataset's
+    task); see the module docstring. ``console``: a ``rich`` console for the progress bar;
+    ``command``: the command line recorded in ``config.json`` (``macflow train`` passes its own).
+    """
+    setup = _setup(cfg, agent_config, command)
+    spec, stages, seeds, run = setup.ds.spec, setup.stages, setup.seeds, setup.run
+    agents = create_agents(setup.agent_cls, spec, setup.agent_config, seeds)
+    agents, step = _open(cfg, setup, agents)
+    sampler = Sampler.from_dataset(setup.ds)
+    log = RunLog(run, _columns(setup, sampler), cfg.tensorboard)
     if cfg.resume:
         log.truncate_after(step)
     else:
         save_checkpoint(run, agents, 0)
-    last_good = step
 
     total = sum(s.steps for s in stages)
     say = console.print if console is not None else print
-    say(plan_text(cfg, spec, agent_config, stages, seeds))
-    first = next(
-        (i for i, s in enumerate(stages) if step < sum(t.steps for t in stages[: i + 1])), 0
-    )
-    if total - step >= PROBE_FROM and not stages[first].prepare:
-        # Time a few updates of the current stage on a throw-away copy (after compiling them),
-        # so the estimate comes within seconds rather than after a whole logged chunk.
-        k = min(cfg.log_every, 50)
-        probe = functools.partial(
-            chunk, agents, None, sampler, data_keys, step, stages[first].name, k
-        )
-        jax.block_until_ready(probe())
-        t0 = time.perf_counter()
-        jax.block_until_ready(probe())
-        stage_end = sum(t.steps for t in stages[: first + 1])
-        per = (time.perf_counter() - t0) / k
-        say(estimate_text(per, stage_end - step, total - stage_end, stage_end))
+    say(plan_text(cfg, spec, setup.agent_config, stages, seeds))
+    ends = itertools.accumulate(s.steps for s in stages)
+    current = next((s for s, end in zip(stages, ends, strict=True) if step < end), stages[0])
+    if total - step >= PROBE_FROM and not current.prepare:
+        say(_estimate(cfg, setup, agents, sampler, step))
     bar = progress_bar("rate", "eval", console=console, disable=not cfg.progress)
-    eval_key = jax.random.PRNGKey(0xE7A1)
-    reference = ds.reference_returns
-    latest_eval = ""
-    train_seconds = 0.0
     with bar:
-        task = bar.add_task(name, total=total, completed=step, rate="", eval="")
-        offset = 0
-        for stage in stages:
-            end = offset + stage.steps
-            aux = None
-            if stage.prepare and step < end:
-                bar.update(task, rate=f"preparing {stage.name}")
-                t0 = time.perf_counter()
-                aux = jax.block_until_ready(_prepare(agents, sampler, stage.name))
-                train_seconds += time.perf_counter() - t0
-            while step < end:
-                k = min(cfg.log_every, end - step)
-                t0 = time.perf_counter()
-                agents, means, finite = chunk(agents, aux, sampler, data_keys, step, stage.name, k)
-                means, finite = jax.device_get((means, finite))
-                dt = time.perf_counter() - t0
-                train_seconds += dt
-                for metric, ok in finite.items():
-                    bad = np.flatnonzero(~np.asarray(ok))
-                    if bad.size:
-                        raise TrainingDiverged(
-                            f"loss '{metric}' became NaN/inf for seed {seeds[bad[0]]} between "
-                            f"updates {step} and {step + k} (stage {stage.name}); stopped. The "
-                            f"last good checkpoint is {run / CHECKPOINT} (update {last_good}); "
-                            "lower the learning rate or check the data's scale."
-                        )
-                step += k
-                per_seed = [{m: float(v[i]) for m, v in means.items()} for i in range(len(seeds))]
-                log.train(step, stage.name, per_seed, seeds)
-                due = cfg.eval_every and (step - offset) % cfg.eval_every == 0
-                if env is not None and stage.evaluate and due:
-                    for mode in ACT_MODES:
-                        key = jax.random.fold_in(eval_key, step)
-                        res = evaluate(env, agents, key, cfg.eval_episodes, mode, reference)
-                        timed = [r | {"train_seconds": round(train_seconds, 3)} for r in res]
-                        log.evaluation(step, mode, timed, seeds)
-                        if mode == "sample":
-                            log.marl_eval(spec.env_id, cfg.algo, step, res, seeds)
-                            latest_eval = f"return {np.mean([r['return_mean'] for r in res]):.4g}"
-                if (cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or step == end:
-                    save_checkpoint(run, agents, step)
-                    last_good = step
-                bar.update(task, completed=step, rate=f"{k / dt:,.0f} upd/s", eval=latest_eval)
-            offset = end
-
-    final = None
-    if env is not None and stages[-1].evaluate:
-        episodes = cfg.eval_episodes * cfg.final_eval_factor
-        final = {"step": step, "episodes": episodes, "seeds": seeds, "modes": {}}
-        for mode in ACT_MODES:
-            key = jax.random.fold_in(eval_key, 0xF1AA1)
-            res = evaluate(env, agents, key, episodes, mode, reference, chunk=cfg.eval_episodes)
-            final["modes"][mode] = [{k: v for k, v in r.items() if k != "returns"} for r in res]
-            timed = [r | {"train_seconds": round(train_seconds, 3)} for r in res]
-            log.evaluation(step, f"final-{mode}", timed, seeds)
-            if mode == "sample":
-                log.marl_eval(spec.env_id, cfg.algo, step, res, seeds, absolute=True)
-        final["behaviour"] = {k: v for k, v in ds.stats().items() if k.startswith("return")}
-        final["dataset_checksum"] = ds.checksum
-        final["hardware"] = hardware()
-        write_atomic(run / "final.json", json.dumps(final, indent=2))
+        task = bar.add_task(run.name, total=total, completed=step, rate="", eval="")
+        after = _Schedule(cfg, setup, log, bar, task, step)
+        try:
+            agents = fit(
+                agents,
+                sampler,
+                stages,
+                seeds,
+                cfg.batch_size,
+                cfg.log_every,
+                start=step,
+                on_chunk=after,
+                on_prepare=lambda s: bar.update(task, rate=f"preparing {s.name}"),
+            )
+        except TrainingDiverged as err:
+            raise TrainingDiverged(
+                f"{err} The last good checkpoint is {run / CHECKPOINT} (update "
+                f"{after.last_good}); lower the learning rate or check the data's scale."
+            ) from None
+    final = _final(cfg, setup, agents, log, max(step, total), after.train_seconds)
     log.close()
     return Run(run, final)
 
@@ -465,7 +510,29 @@ def load_run(run: Path) -> LoadedRun:
     agent_cls = get_agent(record["algo"])
     agent_config = config_from_json(agent_cls.Config, record["agent"])
     spec = EnvSpec.from_dict(record["spec"])
-    keys = jnp.stack([jax.random.PRNGKey(s) for s in record["train"]["seeds"]])
-    template = jax.jit(jax.vmap(lambda k: agent_cls.create(k, spec, agent_config)))(keys)
+    template = create_agents(agent_cls, spec, agent_config, record["train"]["seeds"])
     agents, step = load_checkpoint(run, template)
     return LoadedRun(record, agent_cls, agent_config, agents, step)
+
+
+def evaluate_run(run: Path, episodes: int | None = None, seed: int = 0) -> dict:
+    """Evaluate a run directory's checkpoint in both noise modes (``macflow eval``); writes and
+    returns ``run/eval.json``. ``episodes`` defaults to the run's final-evaluation count."""
+    from macflow.data import read_meta
+
+    record, _, _, agents, step = load_run(run)
+    try:
+        env = make_env(record["dataset"]["env_id"], **record["dataset"]["env_kwargs"])
+    except KeyError as err:
+        raise ValueError(f"{run} cannot be evaluated: {err.args[0]}") from err
+    train = record["train"]
+    episodes = episodes or train["eval_episodes"] * train["final_eval_factor"]
+    reference = None
+    if Path(train["dataset"], "meta.json").exists():
+        reference = read_meta(train["dataset"])["reference_returns"]
+    key = jax.random.PRNGKey(seed)
+    final, _ = final_evaluation(
+        env, agents, key, episodes, train["eval_episodes"], reference, step, train["seeds"]
+    )
+    write_atomic(Path(run) / "eval.json", json.dumps(final, indent=2))
+    return final

@@ -28,22 +28,22 @@ import sys
 import tomllib
 from pathlib import Path
 
-from macflow.runs import write_atomic
+from macflow.files import write_atomic
 
 KEPT = Path(__file__).resolve().parent / "behaviour"
 
 
 def _trained(task: str) -> Path:
     """The cache directory of ``task``'s default behaviour training (seed 0)."""
-    from macflow.behaviour.qualities import behaviour_dir
     from macflow.envs import entry, make_env
+    from macflow.trainers.qualities import behaviour_dir
 
     return behaviour_dir(make_env(task), entry(task).trainer_cls()(), 0)
 
 
 def keep(task: str, qualities: list[str]) -> None:
     """Copy the curve and the snapshots ``qualities`` use from the cache into ``KEPT``."""
-    from macflow.behaviour.qualities import Curve
+    from macflow.trainers.qualities import Curve
 
     src = _trained(task)
     if not (src / "curve.json").exists():

@@ -8,7 +8,7 @@ to its step, and its "next" values checked against the episode structure.
 import numpy as np
 
 from macflow.data import Dataset
-from macflow.envs import EnvSpec
+from macflow.spec import EnvSpec
 
 N, O, S, A = 2, 3, 4, 3  # noqa: E741 (the schema's own symbols)
 

@@ -56,7 +56,7 @@ CHILD = textwrap.dedent(
     import sys
     import numpy as np
     from macflow.data import Dataset, save
-    from macflow.envs import EnvSpec
+    from macflow.spec import EnvSpec
 
     T, E, N, O, S = 400_000, 4_000, 4, 32, 8
     spec = EnvSpec("test/big", N, O, S, 2, discrete=False, episode_limit=100,

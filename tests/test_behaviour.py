@@ -3,10 +3,10 @@
 import numpy as np
 import pytest
 
-from macflow.behaviour.ppo import PPO
-from macflow.behaviour.qualities import CONTINUOUS, Curve, Snapshot, make_dataset
 from macflow.data import load, save
 from macflow.envs import make_env
+from macflow.trainers.ppo import PPO
+from macflow.trainers.qualities import CONTINUOUS, Curve, Snapshot, make_dataset
 
 
 def _curve(returns, random=-10.0):
@@ -93,24 +93,16 @@ def test_sizes_by_episode_and_bad_quality(spread_sets, cache, monkeypatch):
 @pytest.mark.slow
 def test_macflow_beats_the_medium_spread_data(tmp_path, monkeypatch):
     """The issue's check, at the quickstart's settings: behaviour PPO (1M steps), 100k medium
-    transitions, MAC-Flow 3000 + 3000 updates on 2x128 networks, alpha 0.1, 2 seeds."""
-    from macflow.agents.macflow import MACFlowConfig
+    transitions, MAC-Flow's ``quickstart`` preset (3000 + 3000 updates on 2x128 networks,
+    alpha 0.1), 2 seeds."""
     from macflow.train import TrainConfig, train
 
     monkeypatch.setenv("MACFLOW_CACHE", str(tmp_path / "cache"))
     env = make_env("mpe/spread")
     ds = save(make_dataset(env, PPO(env_steps=1_000_000), "medium", 100_000), tmp_path / "d")
-    hidden = (128, 128)
-    config = MACFlowConfig(
-        teacher_hidden=hidden,
-        student_hidden=hidden,
-        critic_hidden=hidden,
-        alpha=0.1,
-        lr=1e-3,
-        teacher_steps=3000,
-    )
     cfg = TrainConfig(
         dataset=ds.path,
+        preset="quickstart",
         steps=3000,
         seeds=(0, 1),
         log_every=500,
@@ -119,7 +111,7 @@ def test_macflow_beats_the_medium_spread_data(tmp_path, monkeypatch):
         out=tmp_path / "runs",
         progress=False,
     )
-    final = train(cfg, config).final
+    final = train(cfg).final
     data = ds.stats()["return_mean"]
     # Measured: data -19.9; students -17.2 / -17.7 (sampled noise), 320 episodes per seed with
     # an episode-return std of about 4.5, so 1.0 above the data is far outside the noise.

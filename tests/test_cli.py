@@ -13,7 +13,7 @@ from macflow.envs import registered
 
 MACFLOW = [str(Path(sys.executable).with_name("macflow"))]
 if not Path(MACFLOW[0]).exists():  # not installed as a script: use the module
-    MACFLOW = [sys.executable, "-m", "macflow.cli"]
+    MACFLOW = [sys.executable, "-m", "macflow"]
 
 
 def run(*args, ok=True, cwd=None, env=None):

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from macflow.agents import AGENTS, get_agent
-from macflow.cli import main
+from macflow.api import main
 from macflow.envs import make_env
 from macflow.train import load_run
 

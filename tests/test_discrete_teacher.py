@@ -11,8 +11,8 @@ from macflow.agents.base import categorical_kl, masked_logits
 from macflow.agents.bc import BC, BCConfig
 from macflow.agents.macflow import MACFlow, MACFlowConfig
 from macflow.data import Dataset, Sampler
-from macflow.envs import EnvSpec
-from macflow.train import _make_chunk
+from macflow.loop import make_chunk
+from macflow.spec import EnvSpec
 
 import builders
 
@@ -174,7 +174,7 @@ def _fit(agent_cls, config, ds, stage, steps):
     keys = jnp.stack([jax.random.PRNGKey(0)])
     agents = jax.vmap(lambda k: agent_cls.create(k, ds.spec, config))(keys)
     sampler = Sampler.from_dataset(ds)
-    agents, _, _ = _make_chunk(128)(agents, None, sampler, keys, 0, stage, steps)
+    agents, _, _ = make_chunk(128)(agents, None, sampler, keys, 0, stage, steps)
     return jax.tree.map(lambda x: x[0], agents)
 
 
@@ -239,7 +239,7 @@ def test_conservative_utilities_keep_unseen_actions_below_the_datas():
     keys = jnp.stack([jax.random.PRNGKey(0)])
     agents = jax.vmap(lambda k: MACFlow.create(k, ds.spec, config))(keys)
     sampler = Sampler.from_dataset(ds)
-    chunk = _make_chunk(128)
+    chunk = make_chunk(128)
     agents, _, _ = chunk(agents, None, sampler, keys, 0, "teacher", 50)
     aux = jax.vmap(lambda a: a.prepare(sampler, "policy"))(agents)
     agents, _, _ = chunk(agents, aux, sampler, keys, 50, "policy", 800)

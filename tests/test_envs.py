@@ -7,8 +7,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from macflow.envs import EnvSpec, entry, make_env, registered
+from macflow.envs import entry, make_env, registered
 from macflow.envs.rollout import make_rollout
+from macflow.spec import EnvSpec
 
 
 def _param(env_id: str):

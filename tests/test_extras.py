@@ -16,7 +16,7 @@ def _macflow(args: list[str], hidden: list[str]) -> subprocess.CompletedProcess:
     code = (
         "import sys\n"
         f"for name in {hidden!r}: sys.modules[name] = None\n"
-        "from macflow.cli import main\n"
+        "from macflow.api import main\n"
         f"main({args!r})\n"
     )
     env = {"COLUMNS": "200", "PATH": "/usr/bin:/bin"}

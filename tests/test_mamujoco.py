@@ -11,14 +11,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from macflow.behaviour import td3 as td3_module
-from macflow.behaviour.qualities import CONTINUOUS, Curve
-from macflow.behaviour.td3 import TD3, load_snapshot
 from macflow.data import save
 from macflow.data.collect import collect
 from macflow.envs import entry, make_env, registered
 from macflow.envs.host import HostPool, host_rollout, reset_keys
 from macflow.evaluate import evaluate
+from macflow.trainers import td3 as td3_module
+from macflow.trainers.qualities import CONTINUOUS, Curve
+from macflow.trainers.td3 import TD3, load_snapshot
 
 IDS = [e.env_id for e in registered() if e.env_id.startswith("mamujoco/")]
 FAST = "mamujoco/2halfcheetah"

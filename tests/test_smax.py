@@ -124,6 +124,7 @@ def test_rollout_compiles_once():
     [
         ("smax/terran_5_vs_5", "terran"),
         pytest.param("smax/zerg_5_vs_5", "zerg", marks=pytest.mark.slow),
+        pytest.param("smax/protoss_5_vs_5", "protoss", marks=pytest.mark.slow),
         pytest.param("smax/terran_10_vs_10", "terran", marks=pytest.mark.slow),
     ],
 )

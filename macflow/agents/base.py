@@ -2,7 +2,8 @@
 
 An agent is an immutable ``flax.struct.PyTreeNode`` (fql's shape) with
 
-    Agent.create(key, spec, config)           -> agent
+    Agent.supports(spec)                      -> None, or why it cannot run the task
+    Agent.create(key, spec, config)           -> agent   (ValueError where unsupported)
     Agent.stages(config, steps)               -> [Stage, ...]   the training schedule
     agent.prepare(sampler, stage)             -> aux            per-stage precomputation
     agent.update(batch, stage, aux)           -> (agent, info)  jittable, ``stage`` static
@@ -14,6 +15,11 @@ ignores ``states``: each agent acts on its own observation. A centralised one (t
 baseline, which denoises the joint action at test time as diffusion MARL does) also reads the
 global state ``[..., S]``; evaluation always passes it. The training loop and the CLI use nothing
 else, so no code outside an agent's own file needs to know which algorithm it runs.
+
+Agents derive from :class:`AgentBase` (the sweep asks ``supports`` before planning a job; the
+default supports every task) and act through ``self.space``, the task's
+:mod:`~macflow.agents.actions` space, so none of them branches on the kind of actions except
+where its own method differs by kind.
 """
 
 from __future__ import annotations
@@ -25,7 +31,11 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from macflow.envs.base import EnvSpec
+from macflow.agents.actions import ActionSpace, action_space, masked_logits
+from macflow.nn import LinearMixer, QMixer
+from macflow.spec import EnvSpec
+
+__all__ = ["masked_logits"]  # re-exported: it lives with the discrete action space
 
 Array = jax.Array
 ACT_MODES = ("sample", "zero")
@@ -52,6 +62,9 @@ class Agent(Protocol):
     centralised: bool
 
     @classmethod
+    def supports(cls, spec: EnvSpec) -> str | None: ...
+
+    @classmethod
     def create(cls, key: Array, spec: EnvSpec, config: Any) -> Agent: ...
 
     @classmethod
@@ -71,10 +84,33 @@ class Agent(Protocol):
     ) -> Array: ...
 
 
+class AgentBase:
+    """What every agent class shares: its action space, rebuilt from its static ``spec`` (cheap;
+    nothing of it is state), and ``supports`` saying every task is supported unless the agent
+    overrides it."""
+
+    @classmethod
+    def supports(cls, spec: EnvSpec) -> str | None:
+        """None where the agent can run ``spec``, else why not (one line)."""
+        return None
+
+    @property
+    def space(self) -> ActionSpace:
+        return action_space(self.spec)
+
+
 def adam_step(lr: float, params, grads, opt_state):
     """One Adam step; the optimiser is rebuilt from static config, only its state is carried."""
     updates, opt_state = optax.adam(lr).update(grads, opt_state, params)
     return optax.apply_updates(params, updates), opt_state
+
+
+def clipped_step(lr: float, clip: float, params, grads, opt_state):
+    """Adam step after scaling the gradient to global norm <= ``clip`` (0: no clip)."""
+    if clip > 0:
+        norm = optax.tree.norm(grads)
+        grads = jax.tree.map(lambda g: g * jnp.minimum(1.0, clip / (norm + 1e-6)), grads)
+    return adam_step(lr, params, grads, opt_state)
 
 
 def polyak(target, online, tau: float):
@@ -82,21 +118,28 @@ def polyak(target, online, tau: float):
     return jax.tree.map(lambda t, o: tau * o + (1 - tau) * t, target, online)
 
 
-def to_unit(spec: EnvSpec, actions: Array) -> Array:
-    """Continuous env actions -> [-1, 1] per dimension."""
-    low, high = jnp.asarray(spec.action_low), jnp.asarray(spec.action_high)
-    return 2 * (actions - low) / (high - low) - 1
+def require(agent: type[Agent], spec: EnvSpec) -> None:
+    """Raise ``ValueError`` with the agent's reason where it does not support ``spec``."""
+    reason = agent.supports(spec)
+    if reason is not None:
+        raise ValueError(reason)
 
 
-def from_unit(spec: EnvSpec, unit: Array) -> Array:
-    """[-1, 1] -> continuous env actions within the spec's bounds."""
-    low, high = jnp.asarray(spec.action_low), jnp.asarray(spec.action_high)
-    return jnp.clip(low + (unit + 1) * (high - low) / 2, low, high)
+def mix(kind: str, params, q: Array, states: Array) -> Array:
+    """``[..., N]`` utilities -> ``[...]`` team value: VDN's sum (``vdn``; also the Q term of
+    MAC-Flow's ``independent`` ablation), VDN's mean (``vdn-mean``) or QMIX (``qmix``, whose
+    hypernetwork ``params`` reads the state)."""
+    if kind in ("vdn", "independent"):
+        return q.sum(axis=-1)
+    if kind == "vdn-mean":
+        return q.mean(axis=-1)
+    return QMixer().apply(params, q, states)
 
 
-def masked_logits(logits: Array, legal: Array | None) -> Array:
-    """Illegal actions get a large negative logit (finite, so gradients stay finite)."""
-    return logits if legal is None else jnp.where(legal, logits, -1e9)
+def linear_mix(mixer: LinearMixer, params, local: Array, states: Array) -> Array:
+    """``sum_i w_i(s) x_i + b(s)`` for local values ``[..., N]`` (OMIGA's and ICQ's mixer)."""
+    w, b = mixer.apply(params, states)
+    return (w * local).sum(axis=-1) + b
 
 
 def categorical_kl(target: Array, logits: Array) -> Array:

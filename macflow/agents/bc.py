@@ -42,9 +42,9 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
-from macflow.agents.base import Stage, adam_step, from_unit, masked_logits, small, to_unit
-from macflow.envs.base import EnvSpec
+from macflow.agents.base import AgentBase, Stage, adam_step, masked_logits, small
 from macflow.nn import MLP, agent_ids
+from macflow.spec import EnvSpec
 
 Array = jax.Array
 
@@ -87,7 +87,7 @@ def _og_marl(spec: EnvSpec) -> BCConfig:
     return BCConfig(hidden=(64, 64), lr=1e-3 if spec.discrete else 3e-4)
 
 
-class BC(struct.PyTreeNode):
+class BC(AgentBase, struct.PyTreeNode):
     """The shared policy network, its (unused) target slot, optimiser state and RNG."""
 
     rng: Array
@@ -102,18 +102,16 @@ class BC(struct.PyTreeNode):
     presets = {"paper": _paper, "og-marl": _og_marl, "small": small(_paper)}
 
     def _net(self) -> MLP:
-        # Continuous: mean and log-std per action dimension; discrete: one logit per action.
-        d = self.spec.action_dim
-        return MLP(self.config.hidden, d if self.spec.discrete else 2 * d, self.config.layer_norm)
+        return MLP(self.config.hidden, self.space.policy_size, self.config.layer_norm)
 
     def _forward(self, params, obs: Array) -> Array:
         ids = agent_ids(obs.shape[:-2], self.spec.num_agents)
         return self._net().apply(params, jnp.concatenate([obs, ids], axis=-1))
 
-    def _gaussian(self, params, obs: Array) -> tuple[Array, Array]:
-        """Pre-tanh mean and log-std, ``[..., N, D]`` each."""
-        mu, log_std = jnp.split(self._forward(params, obs), 2, axis=-1)
-        return mu, jnp.clip(log_std, self.config.log_std_min, self.config.log_std_max)
+    def _policy(self, params, obs: Array):
+        """Logits ``[..., N, A]``, or the pre-tanh mean and log-std ``[..., N, D]`` each."""
+        c = self.config
+        return self.space.parse_policy(self._forward(params, obs), c.log_std_min, c.log_std_max)
 
     @classmethod
     def create(cls, key: Array, spec: EnvSpec, config: BCConfig) -> BC:
@@ -134,18 +132,17 @@ class BC(struct.PyTreeNode):
     def loss(self, params, batch) -> tuple[Array, dict]:
         """Negative log-likelihood of the dataset actions, averaged over agents and the batch."""
         w = batch.valid / batch.valid.sum()
+        policy = self._policy(params, batch.observations)
+        legal = batch.legal_actions
         if self.spec.discrete:
-            logits = masked_logits(self._forward(params, batch.observations), batch.legal_actions)
-            logp = jax.nn.log_softmax(logits)
-            nll = -jnp.take_along_axis(logp, batch.actions[..., None], axis=-1)[..., 0]
-            accuracy = (jnp.argmax(logits, axis=-1) == batch.actions).mean(axis=-1)
-            extra = {"actor/accuracy": (accuracy * w).sum()}
-        else:
+            nll = -self.space.log_prob(policy, legal, batch.actions)
+            hit = jnp.argmax(masked_logits(policy, legal), axis=-1) == batch.actions
+            extra = {"actor/accuracy": (hit.mean(axis=-1) * w).sum()}
+        else:  # the Gaussian's likelihood of the pre-tanh action
             eps = self.config.action_eps
-            u = jnp.arctanh(jnp.clip(to_unit(self.spec, batch.actions), -1 + eps, 1 - eps))
-            mu, log_std = self._gaussian(params, batch.observations)
-            z = (u - mu) * jnp.exp(-log_std)
-            nll = (0.5 * z**2 + log_std + 0.5 * jnp.log(2 * jnp.pi)).sum(axis=-1)
+            u = jnp.arctanh(jnp.clip(self.space.from_env(batch.actions), -1 + eps, 1 - eps))
+            nll = -self.space.log_prob(policy, legal, u)
+            mu, log_std = policy
             extra = {
                 "actor/std": (jnp.exp(log_std).mean(axis=(-2, -1)) * w).sum(),
                 "actor/mse": (((jnp.tanh(mu) - jnp.tanh(u)) ** 2).mean(axis=(-2, -1)) * w).sum(),
@@ -164,13 +161,5 @@ class BC(struct.PyTreeNode):
     def act(self, key: Array, observations: Array, legal: Array | None, mode: str = "sample",
             states: Array | None = None):  # fmt: skip
         """Each agent acts on its own observation (``states`` is ignored)."""
-        params = self.params["policy"]
-        if self.spec.discrete:
-            logits = masked_logits(self._forward(params, observations), legal)
-            if mode == "zero":
-                return jnp.argmax(logits, axis=-1)
-            return jax.random.categorical(key, logits)
-        mu, log_std = self._gaussian(params, observations)
-        if mode == "sample":
-            mu = mu + jnp.exp(log_std) * jax.random.normal(key, mu.shape)
-        return from_unit(self.spec, jnp.tanh(mu))
+        policy = self._policy(self.params["policy"], observations)
+        return self.space.to_env(self.space.sample(policy, legal, mode, key, squash=True))

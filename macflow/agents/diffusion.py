@@ -97,9 +97,9 @@ import numpy as np
 import optax
 from flax import struct
 
-from macflow.agents.base import Stage, adam_step, from_unit, masked_logits, polyak, small, to_unit
-from macflow.envs.base import EnvSpec
-from macflow.nn import Critic, JointVelocity, utilities
+from macflow.agents.base import AgentBase, Stage, adam_step, polyak, small
+from macflow.nn import JointVelocity, utilities
+from macflow.spec import EnvSpec
 
 Array = jax.Array
 
@@ -223,7 +223,7 @@ def ddim_indices(timesteps: int, steps: int) -> np.ndarray:
     return np.round(np.linspace(timesteps - 1, 0, steps)).astype(np.int32)
 
 
-class Diffusion(struct.PyTreeNode):
+class Diffusion(AgentBase, struct.PyTreeNode):
     """Noise-prediction network, optional critic (and its target), optimiser states and RNG."""
 
     rng: Array
@@ -249,8 +249,7 @@ class Diffusion(struct.PyTreeNode):
         return JointVelocity(self.config.hidden, use_obs=self.config.use_obs)
 
     def _critic(self):
-        actions = self._dim if self.spec.discrete else None
-        return Critic(self.config.critic_hidden, actions, self.config.critic_heads)
+        return self.space.critic(self.config.critic_hidden, self.config.critic_heads)
 
     @classmethod
     def create(cls, key: Array, spec: EnvSpec, config: DiffusionConfig) -> Diffusion:
@@ -262,7 +261,7 @@ class Diffusion(struct.PyTreeNode):
         k_net, k_critic, rng = jax.random.split(key, 3)
         params = {"policy": shell._net().init(k_net, x, jnp.zeros(1), state, obs), "critic": {}}
         if shell._guided:
-            params["critic"] = shell._critic().init(k_critic, obs, None if spec.discrete else x)
+            params["critic"] = shell._critic().init(k_critic, obs, shell.space.critic_input(x))
         opt = {k: optax.adam(config.lr).init(v) for k, v in params.items()}
         target = {"critic": params["critic"], "policy": params["policy"]}
         return shell.replace(rng=rng, params=params, target=target, opt=opt)
@@ -284,9 +283,7 @@ class Diffusion(struct.PyTreeNode):
 
     def _targets(self, batch) -> Array:
         """Dataset joint actions x_0: [-1, 1] vectors or {-1, 1} one-hots, ``[B, N, D]``."""
-        if self.spec.discrete:
-            return 2 * jax.nn.one_hot(batch.actions, self._dim) - 1
-        return to_unit(self.spec, batch.actions)
+        return self.space.vectors(self.space.from_env(batch.actions), off=-1.0)
 
     def _x0(self, params, x, index, states, obs, sch) -> Array:
         """The clipped ``x0_hat`` predicted from ``x`` at step ``index + 1`` (a scalar index)."""
@@ -350,9 +347,7 @@ class Diffusion(struct.PyTreeNode):
 
     def _decode(self, x: Array, legal: Array | None) -> Array:
         """[-1, 1] joint actions, or the legal argmax of each agent's denoised vector."""
-        if self.spec.discrete:
-            return jnp.argmax(masked_logits(x, legal), axis=-1)
-        return jnp.clip(x, -1.0, 1.0)
+        return self.space.decode(x, legal)
 
     @functools.partial(jax.jit, static_argnames=("method", "steps", "mode"))
     def sample(self, params, key, states, observations, legal=None, method: str = "ddpm",
@@ -402,7 +397,7 @@ class Diffusion(struct.PyTreeNode):
 
     def critic_loss(self, critic, batch, key) -> tuple[Array, dict]:
         y = self.td_target(batch, key)
-        actions = batch.actions if self.spec.discrete else to_unit(self.spec, batch.actions)
+        actions = self.space.from_env(batch.actions)
         q = self._utilities(critic, batch.observations, actions).sum(-1)
         loss = (((q - y) ** 2).mean(axis=0) * batch.valid).sum() / batch.valid.sum()
         return loss, {"critic/td_loss": loss, "critic/q_mean": q.mean(), "critic/target": y.mean()}
@@ -411,13 +406,10 @@ class Diffusion(struct.PyTreeNode):
         """``[B]`` VDN Q_tot of actions sampled by the differentiable guided chain (discrete:
         expected utility under the legal softmax of the denoised vector)."""
         x = self._guided_sample(params, key, batch.states, batch.observations)
-        critic = self.params["critic"]
-        if self.spec.discrete:
-            probs = jax.nn.softmax(masked_logits(x, batch.legal_actions))
-            q = (probs * self._critic().apply(critic, batch.observations).mean(axis=0)).sum(-1)
-        else:
-            q = self._critic().apply(critic, batch.observations, x).mean(axis=0)
-        return q.sum(-1)
+        policy = self.space.relax(x, batch.legal_actions)
+        return self.space.utility(
+            self._critic(), self.params["critic"], batch.observations, policy
+        ).sum(-1)
 
     def policy_loss(self, params, batch, key) -> tuple[Array, dict]:
         k_diff, k_q = jax.random.split(key)
@@ -481,4 +473,4 @@ class Diffusion(struct.PyTreeNode):
             self.config.sampler, None, mode,
         )  # fmt: skip
         a = a.reshape(*lead, *a.shape[1:])
-        return a if self.spec.discrete else from_unit(self.spec, a)
+        return self.space.to_env(a)

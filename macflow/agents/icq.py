@@ -66,19 +66,11 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
-from macflow.agents.base import Stage, adam_step, masked_logits, small
-from macflow.envs.base import EnvSpec
-from macflow.nn import MLP, Critic, LinearMixer, agent_ids
+from macflow.agents.base import AgentBase, Stage, clipped_step, linear_mix, require, small
+from macflow.nn import MLP, LinearMixer, agent_ids, pick
+from macflow.spec import EnvSpec
 
 Array = jax.Array
-
-
-def _require_discrete(spec: EnvSpec) -> None:
-    if not spec.discrete:
-        raise ValueError(
-            f"icq is for discrete actions only, but task {spec.env_id!r} has continuous actions "
-            "(use e.g. omiga or matd3bc there)"
-        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -124,7 +116,7 @@ class ICQConfig:
 
 
 def _paper(spec: EnvSpec) -> ICQConfig:
-    _require_discrete(spec)
+    require(ICQ, spec)
     return ICQConfig()
 
 
@@ -140,13 +132,6 @@ class Policy(nn.Module):
         return MLP(self.hidden, self.actions)(x)
 
 
-def _clipped_step(lr: float, clip: float, params, grads, opt_state):
-    if clip > 0:
-        norm = optax.tree.norm(grads)
-        grads = jax.tree.map(lambda g: g * jnp.minimum(1.0, clip / (norm + 1e-6)), grads)
-    return adam_step(lr, params, grads, opt_state)
-
-
 def batch_softmax(x: Array, mask: Array) -> Array:
     """``n * softmax(x)`` over the leading (batch) axis restricted to ``mask``: weights that
     average 1 over the masked entries and are 0 elsewhere (all 0 if nothing is masked in)."""
@@ -157,7 +142,7 @@ def batch_softmax(x: Array, mask: Array) -> Array:
     return n * e / jnp.maximum(e.sum(axis=0, keepdims=True), 1e-30)
 
 
-class ICQ(struct.PyTreeNode):
+class ICQ(AgentBase, struct.PyTreeNode):
     """Utilities, mixer, policy, their targets, optimiser states, RNG and update count."""
 
     rng: Array
@@ -172,19 +157,27 @@ class ICQ(struct.PyTreeNode):
     centralised = False
     presets = {"paper": _paper, "small": small(_paper)}
 
+    @classmethod
+    def supports(cls, spec: EnvSpec) -> str | None:
+        if spec.discrete:
+            return None
+        return (
+            f"icq is for discrete actions only, but task {spec.env_id!r} has continuous actions "
+            "(use e.g. omiga or matd3bc there)"
+        )
+
     def _critic(self):
-        c = self.config
-        return Critic(c.critic_hidden, self.spec.action_dim, 1, c.layer_norm)
+        return self.space.critic(self.config.critic_hidden, 1, self.config.layer_norm)
 
     def _policy(self):
-        return Policy(self.config.actor_hidden, self.spec.action_dim)
+        return Policy(self.config.actor_hidden, self.space.policy_size)
 
     def _mixer(self):
         return LinearMixer(self.config.mixer_hidden, self.spec.num_agents)
 
     @classmethod
     def create(cls, key: Array, spec: EnvSpec, config: ICQConfig) -> ICQ:
-        _require_discrete(spec)
+        require(cls, spec)
         obs = jnp.zeros((1, spec.num_agents, spec.obs_dim))
         shell = cls(
             rng=key, params={}, target={}, opt={}, step=jnp.int32(0), config=config, spec=spec
@@ -217,18 +210,17 @@ class ICQ(struct.PyTreeNode):
 
     def mix(self, params, local: Array, states: Array) -> Array:
         """``sum_i w_i(s) x_i + b(s)`` for local values ``[..., N]``."""
-        w, b = self._mixer().apply(params, states)
-        return (w * local).sum(axis=-1) + b
+        return linear_mix(self._mixer(), params, local, states)
 
     def probs(self, params, obs: Array, legal) -> Array:
         """``pi_i(. | o_i)`` under the legal mask, ``[..., N, A]``."""
-        return jax.nn.softmax(masked_logits(self._policy().apply(params, obs), legal))
+        return self.space.relax(self._policy().apply(params, obs), legal)
 
     def td_target(self, batch) -> tuple[Array, dict]:
         """In-sample implicit-constraint target (module docstring, item 1)."""
         c = self.config
         q_next = self.utilities(self.target["critic"], batch.next_observations)
-        taken = jnp.take_along_axis(q_next, batch.next_actions[..., None], axis=-1)[..., 0]
+        taken = pick(q_next, batch.next_actions)
         q_data = self.mix(self.target["mixer"], taken, batch.next_states)
         in_sample = (~batch.last) & (batch.valid > 0)
         rho = batch_softmax(q_data / c.critic_beta, in_sample)
@@ -244,8 +236,7 @@ class ICQ(struct.PyTreeNode):
         """``w_i(s) A_i`` (or ``A_i``), ``[B, N]``, from the online critic, stop-gradient."""
         q = self.utilities(self.params["critic"], batch.observations)
         pi = self.probs(self.params["policy"], batch.observations, batch.legal_actions)
-        taken = jnp.take_along_axis(q, batch.actions[..., None], axis=-1)[..., 0]
-        adv = taken - (pi * q).sum(axis=-1)
+        adv = pick(q, batch.actions) - (pi * q).sum(axis=-1)
         if self.config.scale_advantage:
             adv = adv * self._mixer().apply(self.params["mixer"], batch.states)[0]
         return jax.lax.stop_gradient(adv)
@@ -256,8 +247,7 @@ class ICQ(struct.PyTreeNode):
         critic, mixer = critic_mixer
         y, info = self.td_target(batch)
         q = self.utilities(critic, batch.observations)
-        taken = jnp.take_along_axis(q, batch.actions[..., None], axis=-1)[..., 0]
-        q_tot = self.mix(mixer, taken, batch.states)
+        q_tot = self.mix(mixer, pick(q, batch.actions), batch.states)
         loss = (((q_tot - y) ** 2) * batch.valid).sum() / batch.valid.sum()
         return loss, info | {"critic/td_loss": loss, "critic/q_mean": q_tot.mean()}
 
@@ -265,11 +255,8 @@ class ICQ(struct.PyTreeNode):
         adv = self.advantages(batch)
         valid = jnp.broadcast_to(batch.valid[:, None] > 0, adv.shape)
         weight = batch_softmax(adv / self.config.beta, valid)
-        logits = masked_logits(
-            self._policy().apply(policy, batch.observations), batch.legal_actions
-        )
-        logp = jax.nn.log_softmax(logits)
-        logp = jnp.take_along_axis(logp, batch.actions[..., None], axis=-1)[..., 0]
+        out = self._policy().apply(policy, batch.observations)
+        logp = self.space.log_prob(out, batch.legal_actions, batch.actions)
         loss = -(weight * logp * batch.valid[:, None]).sum() / (batch.valid.sum() * adv.shape[1])
         info = {
             "actor/loss": loss,
@@ -290,10 +277,10 @@ class ICQ(struct.PyTreeNode):
         cm = (params["critic"], params["mixer"])
         g_c, info = jax.grad(self.critic_loss, has_aux=True)(cm, batch)
         g_p, i_p = jax.grad(self.actor_loss, has_aux=True)(params["policy"], batch)
-        (params["critic"], params["mixer"]), opt["critic"] = _clipped_step(
+        (params["critic"], params["mixer"]), opt["critic"] = clipped_step(
             c.critic_lr, c.grad_clip, cm, g_c, opt["critic"]
         )
-        params["policy"], opt["policy"] = _clipped_step(
+        params["policy"], opt["policy"] = clipped_step(
             c.lr, c.grad_clip, params["policy"], g_p, opt["policy"]
         )
         step = self.step + 1
@@ -308,7 +295,5 @@ class ICQ(struct.PyTreeNode):
     def act(self, key: Array, observations: Array, legal: Array | None, mode: str = "sample",
             states: Array | None = None):  # fmt: skip
         """Decentralised actions ``[..., N]``, never illegal (``states`` is ignored)."""
-        logits = masked_logits(self._policy().apply(self.params["policy"], observations), legal)
-        if mode == "zero":
-            return jnp.argmax(logits, axis=-1)
-        return jax.random.categorical(key, logits)
+        out = self._policy().apply(self.params["policy"], observations)
+        return self.space.act(out, legal, mode, key)

@@ -54,26 +54,17 @@ import optax
 from flax import struct
 
 from macflow.agents.base import (
+    AgentBase,
     Stage,
     adam_step,
     categorical_kl,
-    from_unit,
     masked_logits,
+    mix,
     polyak,
     small,
-    to_unit,
 )
-from macflow.envs.base import EnvSpec
-from macflow.nn import (
-    Critic,
-    JointVelocity,
-    PerAgentVelocity,
-    QMixer,
-    Student,
-    agent_ids,
-    pick,
-    utilities,
-)
+from macflow.nn import JointVelocity, PerAgentVelocity, QMixer, Student, agent_ids, pick, utilities
+from macflow.spec import EnvSpec
 
 Array = jax.Array
 
@@ -189,7 +180,8 @@ def _paper(spec: EnvSpec) -> MACFlowConfig:
 
 
 def _reference(spec: EnvSpec) -> MACFlowConfig:
-    width = (256,) * 4 if spec.discrete else (512,) * 4
+    discrete = spec.discrete
+    width = (256,) * 4 if discrete else (512,) * 4
     return MACFlowConfig(
         teacher="per-agent",
         teacher_param="velocity",
@@ -197,10 +189,10 @@ def _reference(spec: EnvSpec) -> MACFlowConfig:
         teacher_hidden=width,
         student_hidden=width,
         critic_hidden=width,
-        mixer="vdn" if spec.discrete else "vdn-mean",
-        discount=0.99 if spec.discrete else 0.995,
-        alpha=3.0 if spec.discrete else 1.0,
-        normalize_q=not spec.discrete,
+        mixer="vdn" if discrete else "vdn-mean",
+        discount=0.99 if discrete else 0.995,
+        alpha=3.0 if discrete else 1.0,
+        normalize_q=not discrete,
         schedule="simultaneous",
     )
 
@@ -222,7 +214,7 @@ def _quickstart(spec: EnvSpec) -> MACFlowConfig:
     )
 
 
-class MACFlow(struct.PyTreeNode):
+class MACFlow(AgentBase, struct.PyTreeNode):
     """Teacher, students, critic (+ mixer) and their targets, optimiser states and RNG."""
 
     rng: Array
@@ -267,11 +259,10 @@ class MACFlow(struct.PyTreeNode):
         return PerAgentVelocity(c.teacher_hidden)
 
     def _student(self):
-        return Student(self.config.student_hidden, self._dim)
+        return Student(self.config.student_hidden, self.space.size)
 
     def _critic(self):
-        actions = self._dim if self.spec.discrete else None
-        return Critic(self.config.critic_hidden, actions, self.config.critic_heads)
+        return self.space.critic(self.config.critic_hidden, self.config.critic_heads)
 
     @classmethod
     def create(cls, key: Array, spec: EnvSpec, config: MACFlowConfig) -> MACFlow:
@@ -288,7 +279,7 @@ class MACFlow(struct.PyTreeNode):
         params = {
             "teacher": shell._teacher().init(k_t, x, jnp.zeros(1), state, obs, *masks),
             "student": shell._student().init(k_s, obs, agent_ids((1,), n), x, shared),
-            "critic": shell._critic().init(k_c, obs, None if spec.discrete else x),
+            "critic": shell._critic().init(k_c, obs, shell.space.critic_input(x)),
             "mixer": QMixer().init(k_m, jnp.zeros((1, n)), state) if config.mixer == "qmix" else {},
         }
         opt = {
@@ -311,9 +302,7 @@ class MACFlow(struct.PyTreeNode):
 
     def _targets(self, batch) -> Array:
         """Dataset actions as flow targets x_1: [-1, 1] vectors or one-hots, ``[B, N, D]``."""
-        if self.spec.discrete:
-            return jax.nn.one_hot(batch.actions, self._dim)
-        return to_unit(self.spec, batch.actions)
+        return self.space.vectors(self.space.from_env(batch.actions))
 
     def _field(self, params, x: Array, t: Array, states, obs, legal) -> Array:
         """The teacher's output ``[B, N, D]``: a velocity, or logits (posterior: the network also
@@ -363,10 +352,8 @@ class MACFlow(struct.PyTreeNode):
         """The flow's end point -> actions: clipped to [-1, 1] (continuous); discrete indices
         ``[B, N]``: posterior ``argmax log pi + g`` (``argmax pi`` without Gumbel noise),
         velocity the legal argmax."""
-        if not self.spec.discrete:
-            return jnp.clip(end, -1.0, 1.0)
         if not self._posterior:
-            return jnp.argmax(masked_logits(end, legal), axis=-1)
+            return self.space.decode(end, legal)
         if gumbel is None:
             return jnp.argmax(end, axis=-1)
         return jnp.argmax(jnp.log(end) + gumbel, axis=-1)  # log 0 = -inf: never illegal
@@ -390,13 +377,8 @@ class MACFlow(struct.PyTreeNode):
         """Students' actions in the agent's own space: [-1, 1] vectors, or indices."""
         shape = (*obs.shape[:-1], self._dim)
         noise = _noise(key, shape, mode)
-        out = self._student_out(params, obs, noise)
-        if not self.spec.discrete:
-            return jnp.tanh(out)
-        logits = masked_logits(out, legal)
-        if mode == "zero":
-            return jnp.argmax(logits, axis=-1)
-        return jax.random.categorical(jax.random.fold_in(key, 1), logits)
+        out = self.space.squash(self._student_out(params, obs, noise))
+        return self.space.act(out, legal, mode, jax.random.fold_in(key, 1))
 
     def _utilities(self, params, obs: Array, actions: Array) -> Array:
         """Per-agent Q of the given actions, ``[H, B, N]``."""
@@ -404,11 +386,7 @@ class MACFlow(struct.PyTreeNode):
 
     def _mix(self, params, q: Array, states: Array) -> Array:
         """``[..., N]`` utilities -> ``[...]`` team value (the actor's Q term)."""
-        if self.config.mixer in ("vdn", "independent"):
-            return q.sum(axis=-1)
-        if self.config.mixer == "vdn-mean":
-            return q.mean(axis=-1)
-        return QMixer().apply(params, q, states)
+        return mix(self.config.mixer, params, q, states)
 
     # --- the frozen teacher's cached targets (two-stage) ---------------------------------------
 
@@ -433,12 +411,8 @@ class MACFlow(struct.PyTreeNode):
         key = self.cache_key
         rows_total = sampler.num_transitions
         size = min(1024, rows_total)
-        if self._soft:  # probabilities in [0, 1]: half precision keeps ~3 significant digits
-            dtype = jnp.float16
-        elif self.spec.discrete:  # labels are small integers
-            dtype = jnp.int8 if self._dim <= 127 else jnp.int16
-        else:
-            dtype = jnp.float32
+        # Probabilities in [0, 1]: half precision keeps ~3 significant digits.
+        dtype = jnp.float16 if self._soft else self.space.storage_dtype
 
         def block(i):
             rows = jnp.minimum(i * size + jnp.arange(size), rows_total - 1)
@@ -475,8 +449,8 @@ class MACFlow(struct.PyTreeNode):
         if self._soft:
             target = target.astype(jnp.float32)
             target = target / target.sum(axis=-1, keepdims=True)  # undo float16 rounding
-        elif self.spec.discrete:
-            target = jax.nn.one_hot(target, self._dim)
+        else:  # a label becomes a one-hot
+            target = self.space.vectors(target)
         return noise, jax.lax.stop_gradient(target)
 
     # --- losses -------------------------------------------------------------------------------
@@ -527,7 +501,7 @@ class MACFlow(struct.PyTreeNode):
     def critic_loss(self, critic_mixer, batch, key) -> tuple[Array, dict]:
         critic, mixer = critic_mixer
         y = self.td_target(batch, key)
-        actions = batch.actions if self.spec.discrete else to_unit(self.spec, batch.actions)
+        actions = self.space.from_env(batch.actions)
         q = self._regressed(
             mixer, self._utilities(critic, batch.observations, actions), batch.states
         )
@@ -554,23 +528,16 @@ class MACFlow(struct.PyTreeNode):
         c = self.config
         legal = batch.legal_actions
         noise, teacher = self._distill_pair(batch, key, aux)
-        out = self._student_out(student, batch.observations, noise)
-        critic = self.params["critic"]
-        use_q = c.q_weight != 0
-        if self.spec.discrete:  # teacher: per-agent probabilities (soft or one-hot)
-            logits = masked_logits(out, legal)
-            per_agent = categorical_kl(teacher, logits)
-            probs = jax.nn.softmax(logits)
-            sq = ((probs - teacher) ** 2).sum(-1)
-            if use_q:
-                q_all = self._critic().apply(critic, batch.observations).mean(axis=0)
-                q = (probs * q_all).sum(axis=-1)
-        else:
-            action = jnp.tanh(out)
-            per_agent = sq = ((action - teacher) ** 2).sum(-1)
-            if use_q:
-                q = self._critic().apply(critic, batch.observations, action).mean(axis=0)
-        if not use_q:  # flow BC: distillation only, no critic evaluation
+        out = self.space.squash(self._student_out(student, batch.observations, noise))
+        policy = self.space.relax(out, legal)  # unit actions, or legal softmax probabilities
+        sq = ((policy - teacher) ** 2).sum(-1)
+        # Discrete teachers give per-agent probabilities (soft, or a label's one-hot).
+        per_agent = categorical_kl(teacher, masked_logits(out, legal)) if self.spec.discrete else sq
+        if c.q_weight != 0:
+            q = self.space.utility(
+                self._critic(), self.params["critic"], batch.observations, policy
+            )
+        else:  # flow BC: distillation only, no critic evaluation
             q = jnp.zeros(per_agent.shape)
         q_tot = self._mix(self.params["mixer"], q, batch.states)
         scale = 1 / jnp.maximum(jnp.abs(q_tot).mean(), 1e-6) if c.normalize_q else 1.0
@@ -632,7 +599,7 @@ class MACFlow(struct.PyTreeNode):
         ``shared_noise``, the joint noise every agent regenerates from the shared seed ``key``).
         """
         a = self._policy(self.params["student"], key, observations, legal, mode)
-        return a if self.spec.discrete else from_unit(self.spec, a)
+        return self.space.to_env(a)
 
     @functools.partial(jax.jit, static_argnames=("agent", "mode"))
     def act_agent(
@@ -648,14 +615,12 @@ class MACFlow(struct.PyTreeNode):
         out = self._student().apply(
             self.params["student"], observation, jax.nn.one_hot(agent, n), noise[agent], shared
         )
-        if not self.spec.discrete:
-            return from_unit(self.spec, jnp.tanh(out))
-        logits = masked_logits(out, legal)
-        if mode == "zero":
-            return jnp.argmax(logits, axis=-1)
-        # The same categorical draw as act's: its key, at this agent's position.
-        draws = jax.random.categorical(jax.random.fold_in(key, 1), logits, shape=(1, n))
-        return draws[0, agent]
+        # Act's draw for one environment (its key, every agent's position), at this agent's.
+        team = (1, n, out.shape[-1])
+        legal = None if legal is None else jnp.broadcast_to(legal, team)
+        out = jnp.broadcast_to(self.space.squash(out), team)
+        a = self.space.act(out, legal, mode, jax.random.fold_in(key, 1))[0, agent]
+        return self.space.to_env(a)
 
     @functools.partial(jax.jit, static_argnames=("mode",))
     def act_teacher(self, key, observations, states, legal, mode: str = "sample"):
@@ -676,4 +641,4 @@ class MACFlow(struct.PyTreeNode):
             flat(gumbel),
         )
         a = a.reshape(*lead, *a.shape[1:])
-        return a if self.spec.discrete else from_unit(self.spec, a)
+        return self.space.to_env(a)

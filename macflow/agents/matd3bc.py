@@ -58,9 +58,9 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
-from macflow.agents.base import Stage, adam_step, from_unit, masked_logits, polyak, small, to_unit
-from macflow.envs.base import EnvSpec
-from macflow.nn import MLP, Critic, QMixer, agent_ids, utilities
+from macflow.agents.base import AgentBase, Stage, adam_step, masked_logits, mix, polyak, small
+from macflow.nn import MLP, Critic, QMixer, agent_ids, pick, utilities
+from macflow.spec import EnvSpec
 
 Array = jax.Array
 
@@ -118,7 +118,7 @@ def _paper(spec: EnvSpec) -> MATD3BCConfig:
     return MATD3BCConfig()
 
 
-class MATD3BC(struct.PyTreeNode):
+class MATD3BC(AgentBase, struct.PyTreeNode):
     """Actor, twin critic (+ mixer), their targets, optimiser states, update counter and RNG."""
 
     rng: Array
@@ -137,16 +137,15 @@ class MATD3BC(struct.PyTreeNode):
     # --- networks --------------------------------------------------------------------------
 
     def _actor(self) -> MLP:
-        return MLP(self.config.actor_hidden, self.spec.action_dim)
+        return MLP(self.config.actor_hidden, self.space.size)
 
     def _critic(self) -> Critic:
-        actions = self.spec.action_dim if self.spec.discrete else None
-        return Critic(self.config.critic_hidden, actions, 2, self.config.critic_layer_norm)
+        return self.space.critic(self.config.critic_hidden, 2, self.config.critic_layer_norm)
 
     @classmethod
     def create(cls, key: Array, spec: EnvSpec, config: MATD3BCConfig) -> MATD3BC:
         n, d = spec.num_agents, spec.action_dim
-        obs = jnp.zeros((1, n, spec.obs_dim))
+        obs, x = jnp.zeros((1, n, spec.obs_dim)), jnp.zeros((1, n, d))
         shell = cls(
             rng=key, updates=jnp.int32(0), params={}, target={}, opt={}, config=config, spec=spec
         )
@@ -156,9 +155,7 @@ class MATD3BC(struct.PyTreeNode):
             mixer = QMixer().init(k_m, jnp.zeros((1, n)), jnp.zeros((1, spec.state_dim)))
         params = {
             "actor": shell._actor().init(k_a, jnp.zeros((1, n, spec.obs_dim + n))),
-            "critic": shell._critic().init(
-                k_c, obs, None if spec.discrete else jnp.zeros((1, n, d))
-            ),
+            "critic": shell._critic().init(k_c, obs, shell.space.critic_input(x)),
             "mixer": mixer,
         }
         opt = {
@@ -179,8 +176,7 @@ class MATD3BC(struct.PyTreeNode):
     def _actor_out(self, params, obs: Array) -> Array:
         """Continuous: the deterministic unit action (tanh); discrete: raw logits."""
         ids = agent_ids(obs.shape[:-2], self.spec.num_agents)
-        out = self._actor().apply(params, jnp.concatenate([obs, ids], axis=-1))
-        return out if self.spec.discrete else jnp.tanh(out)
+        return self.space.squash(self._actor().apply(params, jnp.concatenate([obs, ids], axis=-1)))
 
     def _utilities(self, params, obs: Array, actions: Array) -> Array:
         """Per-agent twin utilities ``[2, B, N]`` of unit actions or action indices."""
@@ -188,17 +184,15 @@ class MATD3BC(struct.PyTreeNode):
 
     def _mix(self, params, q: Array, states: Array) -> Array:
         """``[..., N]`` utilities -> ``[...]`` team value."""
-        if self.config.mixer == "vdn":
-            return q.sum(axis=-1)
-        return QMixer().apply(params, q, states)
+        return mix(self.config.mixer, params, q, states)
 
     def td_target(self, batch, key) -> Array:
         """``r + gamma * bootstrap * min_h Q'_tot^h(s', a')`` with the target actor's smoothed
         (continuous) or legal-argmax (discrete) next actions."""
         c = self.config
         out = self._actor_out(self.target["actor"], batch.next_observations)
-        if self.spec.discrete:
-            next_a = jnp.argmax(masked_logits(out, batch.next_legal_actions), axis=-1)
+        if self.spec.discrete:  # no smoothing: the legal argmax
+            next_a = self.space.decode(out, batch.next_legal_actions)
         else:
             noise = c.policy_noise * jax.random.normal(key, out.shape)
             next_a = jnp.clip(out + jnp.clip(noise, -c.noise_clip, c.noise_clip), -1.0, 1.0)
@@ -209,7 +203,7 @@ class MATD3BC(struct.PyTreeNode):
     def critic_loss(self, critic_mixer, batch, key) -> tuple[Array, dict]:
         critic, mixer = critic_mixer
         y = self.td_target(batch, key)
-        actions = batch.actions if self.spec.discrete else to_unit(self.spec, batch.actions)
+        actions = self.space.from_env(batch.actions)
         q = self._mix(mixer, self._utilities(critic, batch.observations, actions), batch.states)
         w = batch.valid / batch.valid.sum()
         loss = (((q - y) ** 2).sum(axis=0) * w).sum()
@@ -218,15 +212,13 @@ class MATD3BC(struct.PyTreeNode):
     def actor_loss(self, actor, batch) -> tuple[Array, dict]:
         """``-lambda * Q_tot^1(s, mu(o)) + BC``, ``lambda = alpha / mean |Q_tot^1|`` (sg)."""
         out = self._actor_out(actor, batch.observations)
-        critic = self.params["critic"]
-        if self.spec.discrete:
+        actions = self.space.from_env(batch.actions)
+        if self.spec.discrete:  # cross-entropy; the critic scores the softmax
             logp = jax.nn.log_softmax(masked_logits(out, batch.legal_actions))
-            bc = -jnp.take_along_axis(logp, batch.actions[..., None], axis=-1)[..., 0]
-            q_all = self._critic().apply(critic, batch.observations)[0]
-            q = (jnp.exp(logp) * q_all).sum(axis=-1)
+            bc, policy = -pick(logp, actions), jnp.exp(logp)
         else:
-            bc = ((out - to_unit(self.spec, batch.actions)) ** 2).mean(axis=-1)
-            q = self._critic().apply(critic, batch.observations, out)[0]
+            bc, policy = ((out - actions) ** 2).mean(axis=-1), out
+        q = self.space.utility(self._critic(), self.params["critic"], batch.observations, policy, 0)
         q_tot = self._mix(self.params["mixer"], q, batch.states)
         w = batch.valid / batch.valid.sum()
         lam = jax.lax.stop_gradient(
@@ -277,12 +269,5 @@ class MATD3BC(struct.PyTreeNode):
             states: Array | None = None):  # fmt: skip
         """Each agent acts on its own observation (``states`` is ignored)."""
         out = self._actor_out(self.params["actor"], observations)
-        if self.spec.discrete:
-            logits = masked_logits(out, legal)
-            if mode == "zero":
-                return jnp.argmax(logits, axis=-1)
-            return jax.random.categorical(key, logits)
-        if mode == "sample" and self.config.act_noise > 0:
-            noise = self.config.act_noise * jax.random.normal(key, out.shape)
-            out = jnp.clip(out + noise, -1.0, 1.0)
-        return from_unit(self.spec, out)
+        a = self.space.act(out, legal, mode, key, std=self.config.act_noise)
+        return self.space.to_env(a)

@@ -70,9 +70,11 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
-from macflow.agents.base import Stage, adam_step, from_unit, masked_logits, polyak, small, to_unit
-from macflow.envs.base import EnvSpec
+from macflow.agents.actions import ActionSpace
+from macflow.agents.base import AgentBase, Stage, clipped_step, linear_mix, polyak, small
 from macflow.nn import MLP, Critic, LinearMixer, agent_ids
+from macflow.nn import utilities as critic_utilities
+from macflow.spec import EnvSpec
 
 Array = jax.Array
 LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
@@ -120,28 +122,16 @@ def _paper(spec: EnvSpec) -> OMIGAConfig:
 
 class Policy(nn.Module):
     """Per-agent policy head on ``(o_i, id_i)``: logits ``[..., N, A]`` or Gaussian
-    ``(mean, log_std)`` each ``[..., N, D]``."""
+    ``(mean, log_std)`` each ``[..., N, D]``, the mean tanh'd into [-1, 1]."""
 
     hidden: Sequence[int]
-    dim: int
-    discrete: bool
+    space: ActionSpace
 
     @nn.compact
     def __call__(self, obs: Array):
         x = jnp.concatenate([obs, agent_ids(obs.shape[:-2], obs.shape[-2])], axis=-1)
-        if self.discrete:
-            return MLP(self.hidden, self.dim)(x)
-        out = MLP(self.hidden, 2 * self.dim)(x)
-        mean, log_std = jnp.split(out, 2, axis=-1)
-        return jnp.tanh(mean), jnp.clip(log_std, LOG_STD_MIN, LOG_STD_MAX)
-
-
-def clipped_step(lr: float, clip: float, params, grads, opt_state):
-    """Adam step after scaling the gradient to global norm <= ``clip`` (0: no clip)."""
-    if clip > 0:
-        norm = optax.tree.norm(grads)
-        grads = jax.tree.map(lambda g: g * jnp.minimum(1.0, clip / (norm + 1e-6)), grads)
-    return adam_step(lr, params, grads, opt_state)
+        out = MLP(self.hidden, self.space.policy_size)(x)
+        return self.space.parse_policy(out, LOG_STD_MIN, LOG_STD_MAX, bounded=True)
 
 
 def linear_exp(z: Array, cap: float) -> Array:
@@ -150,7 +140,7 @@ def linear_exp(z: Array, cap: float) -> Array:
     return jnp.where(below, jnp.exp(jnp.where(below, z, cap)), jnp.exp(cap) * (1 + z - cap))
 
 
-class OMIGA(struct.PyTreeNode):
+class OMIGA(AgentBase, struct.PyTreeNode):
     """Local Q, V, policy and mixer, their targets, optimiser states and RNG."""
 
     rng: Array
@@ -167,14 +157,13 @@ class OMIGA(struct.PyTreeNode):
     # --- networks ------------------------------------------------------------------------------
 
     def _q_net(self):
-        actions = self.spec.action_dim if self.spec.discrete else None
-        return Critic(self.config.hidden, actions, 1, self.config.layer_norm)
+        return self.space.critic(self.config.hidden, 1, self.config.layer_norm)
 
     def _v_net(self):
         return Critic(self.config.hidden, None, 1, self.config.layer_norm)
 
     def _policy(self):
-        return Policy(self.config.hidden, self.spec.action_dim, self.spec.discrete)
+        return Policy(self.config.hidden, self.space)
 
     def _mixer(self):
         return LinearMixer(self.config.mixer_hidden, self.spec.num_agents)
@@ -185,7 +174,7 @@ class OMIGA(struct.PyTreeNode):
         obs = jnp.zeros((1, n, spec.obs_dim))
         shell = cls(rng=key, params={}, target={}, opt={}, config=config, spec=spec)
         k_q, k_v, k_p, k_m, rng = jax.random.split(key, 5)
-        act = None if spec.discrete else jnp.zeros((1, n, spec.action_dim))
+        act = shell.space.critic_input(jnp.zeros((1, n, spec.action_dim)))
         params = {
             "q": shell._q_net().init(k_q, obs, act),
             "v": shell._v_net().init(k_v, obs),
@@ -212,14 +201,11 @@ class OMIGA(struct.PyTreeNode):
 
     def _actions(self, batch) -> Array:
         """Data actions in the networks' space: indices, or [-1, 1] vectors."""
-        return batch.actions if self.spec.discrete else to_unit(self.spec, batch.actions)
+        return self.space.from_env(batch.actions)
 
     def utilities(self, params, obs: Array, actions: Array) -> Array:
         """``Q_i(o_i, a_i)``, ``[..., N]``."""
-        if self.spec.discrete:
-            q = self._q_net().apply(params, obs)[0]
-            return jnp.take_along_axis(q, actions[..., None], axis=-1)[..., 0]
-        return self._q_net().apply(params, obs, actions)[0]
+        return critic_utilities(self._q_net(), params, obs, actions)[0]
 
     def values(self, params, obs: Array) -> Array:
         """``V_i(o_i)``, ``[..., N]``."""
@@ -227,17 +213,11 @@ class OMIGA(struct.PyTreeNode):
 
     def mix(self, params, local: Array, states: Array) -> Array:
         """``sum_i w_i(s) x_i + b(s)`` for local values ``[..., N]``."""
-        w, b = self._mixer().apply(params, states)
-        return (w * local).sum(axis=-1) + b
+        return linear_mix(self._mixer(), params, local, states)
 
     def log_prob(self, params, obs: Array, actions: Array, legal) -> Array:
         """``log pi_i(a_i | o_i)``, ``[..., N]`` (discrete: under the legal mask)."""
-        if self.spec.discrete:
-            logp = jax.nn.log_softmax(masked_logits(self._policy().apply(params, obs), legal))
-            return jnp.take_along_axis(logp, actions[..., None], axis=-1)[..., 0]
-        mean, log_std = self._policy().apply(params, obs)
-        z = (actions - mean) * jnp.exp(-log_std)
-        return (-0.5 * z**2 - log_std - 0.5 * jnp.log(2 * jnp.pi)).sum(axis=-1)
+        return self.space.log_prob(self._policy().apply(params, obs), legal, actions)
 
     def td_target(self, batch) -> Array:
         """``r + gamma * bootstrap * V'_tot(s')`` from the target V and mixer."""
@@ -319,19 +299,11 @@ class OMIGA(struct.PyTreeNode):
 
     def policy_actions(self, params, key, obs, legal, mode: str) -> Array:
         """Actions in the agent's own space: indices, or [-1, 1] vectors."""
-        if self.spec.discrete:
-            logits = masked_logits(self._policy().apply(params, obs), legal)
-            if mode == "zero":
-                return jnp.argmax(logits, axis=-1)
-            return jax.random.categorical(key, logits)
-        mean, log_std = self._policy().apply(params, obs)
-        if mode == "zero":
-            return mean
-        return jnp.clip(mean + jnp.exp(log_std) * jax.random.normal(key, mean.shape), -1.0, 1.0)
+        return self.space.sample(self._policy().apply(params, obs), legal, mode, key)
 
     @functools.partial(jax.jit, static_argnames=("mode",))
     def act(self, key: Array, observations: Array, legal: Array | None, mode: str = "sample",
             states: Array | None = None):  # fmt: skip
         """Decentralised actions ``[..., N, A]`` / ``[..., N]`` (``states`` is ignored)."""
         a = self.policy_actions(self.params["policy"], key, observations, legal, mode)
-        return a if self.spec.discrete else from_unit(self.spec, a)
+        return self.space.to_env(a)

@@ -10,7 +10,8 @@ from __future__ import annotations
 import dataclasses
 import functools
 from collections.abc import Callable
-from typing import Any, ClassVar
+from pathlib import Path
+from typing import Any, ClassVar, Generic, TypeVar
 
 import jax
 import jax.numpy as jnp
@@ -18,11 +19,13 @@ import numpy as np
 
 from macflow import __version__
 from macflow.data.dataset import Dataset
-from macflow.data.io import created_now
+from macflow.data.io import created_now, save
+from macflow.data.schema import fields_for
 from macflow.envs import env_kwargs
 from macflow.envs.base import Behaviour, Env
 from macflow.envs.host import behaviour_rollout
 from macflow.envs.rollout import make_rollout
+from macflow.progress import progress_bar
 
 
 @dataclasses.dataclass(frozen=True)
@@ -123,3 +126,48 @@ def collect(
         provenance=record,
         env_kwargs=env_kwargs(env),
     )
+
+
+EnvT = TypeVar("EnvT")
+BehaviourT = TypeVar("BehaviourT")
+
+
+@dataclasses.dataclass(frozen=True)
+class CollectOptions(Generic[EnvT, BehaviourT]):
+    """Generate a dataset with the task's scripted behaviour policy."""
+
+    env: EnvT
+    """Task parameters."""
+    behaviour: BehaviourT
+    """Behaviour (data-generating policy) parameters."""
+    out: Path
+    """Dataset directory to write (atomically: an interrupted write leaves no partial data)."""
+    episodes: int = 10_000
+    """Number of episodes to collect."""
+    seed: int = 0
+    """Random seed of the collection."""
+    quality: str = "scripted"
+    """Quality label recorded in the metadata."""
+    overwrite: bool = False
+    """Replace an existing dataset at ``out``."""
+
+
+def collect_and_save(
+    options: CollectOptions, command: str | None = None, console: Any = None
+) -> Dataset:
+    """:func:`collect` what ``options`` describe and save it, with progress bars on ``console``
+    (a ``rich`` console); ``command`` is recorded in the provenance. Returns the saved dataset."""
+    env, out = options.env, options.out
+    with progress_bar(console=console) as bar:
+        task = bar.add_task(f"collect {env.spec.env_id}", total=options.episodes)
+        ds = collect(
+            env,
+            options.behaviour,
+            options.episodes,
+            seed=options.seed,
+            quality=options.quality,
+            on_chunk=lambda n: bar.update(task, completed=n),
+            provenance={"command": command},
+        )
+        write = bar.add_task(f"write {out}", total=len(fields_for(env.spec)))
+        return save(ds, out, overwrite=options.overwrite, on_field=lambda _: bar.advance(write))

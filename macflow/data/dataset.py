@@ -11,9 +11,16 @@ from typing import Any
 import numpy as np
 
 from macflow.data.schema import episode_ends, validate
-from macflow.envs.base import EnvSpec
+from macflow.spec import EnvSpec
 
 QUALITY_UNKNOWN = "unknown"
+
+
+def normalised_score(ret: float, reference: dict[str, float]) -> float:
+    """``100 * (R - R_random) / (R_expert - R_random)``: 0 at the random policy, 100 at the
+    expert reference (docs/datasets.md)."""
+    lo, hi = reference["random"], reference["expert"]
+    return float(100.0 * (ret - lo) / (hi - lo))
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -91,11 +98,10 @@ class Dataset:
         }
 
     def normalised_score(self, ret: float) -> float | None:
-        """``100 * (R - R_random) / (R_expert - R_random)``, if reference returns are known."""
+        """:func:`normalised_score` of ``ret``, if reference returns are known."""
         if not self.reference_returns:
             return None
-        lo, hi = self.reference_returns["random"], self.reference_returns["expert"]
-        return 100.0 * (ret - lo) / (hi - lo)
+        return normalised_score(ret, self.reference_returns)
 
     def nbytes(self) -> int:
         return int(sum(a.nbytes for a in self.arrays.values()))

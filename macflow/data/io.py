@@ -8,10 +8,8 @@ Loads check the format, the schema version, the checksum of every array file and
 
 from __future__ import annotations
 
-import ctypes
 import dataclasses
 import datetime
-import errno
 import hashlib
 import json
 import math
@@ -27,7 +25,8 @@ import numpy as np
 from macflow import __version__
 from macflow.data.dataset import Dataset
 from macflow.data.schema import FORMAT, META_FILE, SCHEMA_VERSION, DatasetError, fields_for
-from macflow.envs.base import EnvSpec
+from macflow.files import exchange, fsync_dir
+from macflow.spec import EnvSpec
 
 META_KEYS = {
     "format",
@@ -51,28 +50,6 @@ class _HashingWriter:
     def write(self, data) -> int:
         self.sha.update(data)
         return self.f.write(data)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _exchange(a: Path, b: Path) -> bool:
-    """Atomically swap two paths (Linux renameat2); False where the system cannot."""
-    fn = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)
-    if fn is None:
-        return False
-    at_fdcwd, rename_exchange = -100, 2
-    if fn(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
-        return True
-    err = ctypes.get_errno()
-    if err in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP):
-        return False
-    raise OSError(err, os.strerror(err), str(a))
 
 
 def combined_checksum(field_sums: dict[str, str]) -> str:
@@ -165,20 +142,20 @@ def finish_write(tmp: Path, path: Path, ds: Dataset, fields: dict[str, dict]) ->
         f.write("\n")
         f.flush()
         os.fsync(f.fileno())
-    _fsync_dir(tmp)
+    fsync_dir(tmp)
     if path.exists():
-        if _exchange(tmp, path):  # tmp now holds the old dataset
-            _fsync_dir(path.parent)
+        if exchange(tmp, path):  # tmp now holds the old dataset
+            fsync_dir(path.parent)
             shutil.rmtree(tmp)
         else:  # two renames: an interruption between them leaves no dataset, not a mix
             old = path.parent / f".{path.name}.old-{uuid.uuid4().hex[:8]}"
             os.rename(path, old)
             os.rename(tmp, path)
-            _fsync_dir(path.parent)
+            fsync_dir(path.parent)
             shutil.rmtree(old)
     else:
         os.rename(tmp, path)
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
     return meta
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from macflow.envs.base import EnvSpec
+from macflow.spec import EnvSpec
 
 SCHEMA_VERSION = 1
 FORMAT = "macflow-dataset"

@@ -26,7 +26,7 @@ import numpy as np
 from macflow.data.dataset import Dataset
 from macflow.data.io import begin_write, finish_write
 from macflow.data.schema import DatasetError, fields_for
-from macflow.envs.base import EnvSpec
+from macflow.spec import EnvSpec
 
 HEADER_BYTES = 256  # a multiple of 64, so the array data stay aligned for memory-mapping
 M_MMAP_THRESHOLD = -3  # glibc mallopt parameter

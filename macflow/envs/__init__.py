@@ -11,7 +11,9 @@ import difflib
 import importlib
 from typing import Any
 
-from macflow.envs.base import Behaviour, Env, EnvSpec, TimeStep, concat_state
+from macflow.envs.base import Behaviour, Env, concat_state
+from macflow.envs.smax_maps import MAPS
+from macflow.spec import EnvSpec, TimeStep
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,7 +30,7 @@ class EnvEntry:
     """The pip extra that provides the suite's dependencies, if any."""
     trainer: str | None = None
     """``"module:Class"`` of the frozen config of the online trainer whose policies generate the
-    task's datasets at the field's quality levels (see :mod:`macflow.behaviour`)."""
+    task's datasets at the field's quality levels (see :mod:`macflow.trainers`)."""
     host: bool = False
     """The environment steps on the host with numpy (MuJoCo), not under ``jit``."""
 
@@ -141,35 +143,26 @@ for _id, _cls, _summary in (
             None,
             f"MaMuJoCo: {_summary} (gymnasium-robotics, host-side)",
             extra="mamujoco",
-            trainer="macflow.behaviour.td3:TD3",
+            trainer="macflow.trainers.td3:TD3",
             host=True,
         )
     )
 
 _SMAX = "macflow.envs.smax"
-for _id, _cls, _summary in (
-    ("3m", "Smax3m", "3 marines vs 3 marines"),
-    ("8m", "Smax8m", "8 marines vs 8 marines"),
-    ("2s3z", "Smax2s3z", "2 stalkers + 3 zealots vs 2 stalkers + 3 zealots"),
-    ("5m_vs_6m", "Smax5mVs6m", "5 marines vs 6 marines"),
-    ("3s5z_vs_3s6z", "Smax3s5zVs3s6z", "3 stalkers + 5 zealots vs 3 stalkers + 6 zealots"),
-    ("terran_5_vs_5", "SmaxTerran5v5", "5 vs 5 random marines/marauders, SMACv2 starts"),
-    ("zerg_5_vs_5", "SmaxZerg5v5", "5 vs 5 random zerglings/hydralisks, SMACv2 starts"),
-    ("terran_10_vs_10", "SmaxTerran10v10", "10 vs 10 random marines/marauders, SMACv2 starts"),
-):
+for _id, _map in MAPS.items():
     register(
         EnvEntry(
             f"smax/{_id}",
-            f"{_SMAX}:{_cls}",
+            f"{_SMAX}:{_map.cls}",
             None,
-            f"SMAX: {_summary} (JaxMARL, heuristic enemies)",
+            f"SMAX: {_map.summary} (JaxMARL, heuristic enemies)",
             extra="jaxmarl",
-            trainer="macflow.behaviour.ppo:PPO",
+            trainer="macflow.trainers.ppo:PPO",
         )
     )
 
 _MPE = "macflow.envs.mpe"
-_PPO = "macflow.behaviour.ppo:PPO"
+_PPO = "macflow.trainers.ppo:PPO"
 for _entry in (
     EnvEntry(
         "mpe/spread",

@@ -25,7 +25,8 @@ from typing import Any
 import jax
 import numpy as np
 
-from macflow.envs.base import Env, TimeStep
+from macflow.envs.base import Env
+from macflow.spec import TimeStep
 
 # act(params, key, ts) -> actions, on a TimeStep whose arrays have a leading episode axis [E];
 # with a policy state: init(params, key, ts) -> pstate, act(params, key, ts, pstate) ->

@@ -25,7 +25,7 @@ import numpy as np
 from flax import struct
 from scipy.optimize import linear_sum_assignment
 
-from macflow.envs.base import EnvSpec, TimeStep
+from macflow.spec import EnvSpec, TimeStep
 
 
 @struct.dataclass

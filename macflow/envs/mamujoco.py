@@ -33,7 +33,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from macflow.envs.base import EnvSpec, TimeStep, require
+from macflow.envs.base import require
+from macflow.spec import EnvSpec, TimeStep
 
 require("mujoco", "gymnasium_robotics")  # cheap; the imports themselves wait for first use
 

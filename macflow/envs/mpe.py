@@ -27,7 +27,8 @@ import jax
 import jax.numpy as jnp
 
 from macflow.envs._jaxmarl import jaxmarl
-from macflow.envs.base import EnvSpec, TimeStep, concat_state, require
+from macflow.envs.base import concat_state, require
+from macflow.spec import EnvSpec, TimeStep
 
 require("jaxmarl")  # cheap; JaxMARL itself is imported on first use
 

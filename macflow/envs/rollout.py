@@ -13,7 +13,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from macflow.envs.base import Env, TimeStep
+from macflow.envs.base import Env
+from macflow.spec import TimeStep
 
 # init(params, key, env_state, ts) -> pstate
 # act(params, key, pstate, env_state, ts) -> (actions, pstate)

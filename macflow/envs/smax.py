@@ -23,18 +23,18 @@ steps of 1/16 s).
   ``done``, which mixes the two and flags the time limit one step late (it tests the step count
   before incrementing it). ``info["won"]``: the allies won on this step.
 
-SMACv2-style tasks (``smax/terran_5_vs_5``, ``smax/zerg_5_vs_5``, ``smax/terran_10_vs_10``) use
-JaxMARL's ``smacv2_5_units``/``smacv2_10_units`` scenarios: start positions from JaxMARL's
-``SurroundAndReflectPositionDistribution`` (with probability 1/2 one team in the centre and the
-other in up to four groups between the centre and the corners, otherwise allies uniform on the
-left half and enemies mirrored on the right). JaxMARL 0.2.0 draws unit types uniformly over all
-six SMAX types regardless of race, so the race tasks replace that generator with
-:class:`RaceUnitTypes`: allies draw i.i.d. from their race's SMAX units and the enemies mirror
-them, as in SMACv2's ``weighted_teams``. SMACv2 draws terran as marine/marauder/medivac and zerg
-as zergling/hydralisk/baneling with weights 0.45/0.45/0.1; SMAX has no medivac or baneling, so
-the two remaining units get 1/2 each. As in JaxMARL, units of the surrounding groups can spawn
-outside the map and die on the first step (``walls_cause_death``): about 1 reset in 10 at 5 vs 5,
-1 in 7 at 10 vs 10.
+SMACv2-style tasks (``smax/terran_5_vs_5``, ``smax/zerg_5_vs_5``, ``smax/protoss_5_vs_5``,
+``smax/terran_10_vs_10``) use JaxMARL's ``smacv2_5_units``/``smacv2_10_units`` scenarios: start
+positions from JaxMARL's ``SurroundAndReflectPositionDistribution`` (with probability 1/2 one team
+in the centre and the other in up to four groups between the centre and the corners, otherwise
+allies uniform on the left half and enemies mirrored on the right). JaxMARL 0.2.0 draws unit types
+uniformly over all six SMAX types regardless of race, so the race tasks replace that generator with
+:class:`RaceUnitTypes`: allies draw i.i.d. from their race's SMAX units and the enemies mirror them,
+as in SMACv2's ``weighted_teams``. SMACv2 draws terran as marine/marauder/medivac, zerg as
+zergling/hydralisk/baneling and protoss as stalker/zealot/colossus with weights 0.45/0.45/0.1; SMAX
+has no medivac, baneling or colossus, so the two remaining units get 1/2 each. As in JaxMARL, units
+of the surrounding groups can spawn outside the map and die on the first step
+(``walls_cause_death``): about 1 reset in 10 at 5 vs 5, 1 in 7 at 10 vs 10.
 """
 
 from __future__ import annotations
@@ -47,7 +47,9 @@ import jax
 import jax.numpy as jnp
 
 from macflow.envs._jaxmarl import jaxmarl
-from macflow.envs.base import EnvSpec, TimeStep, require
+from macflow.envs.base import require
+from macflow.envs.smax_maps import MAPS, SmaxMap
+from macflow.spec import EnvSpec, TimeStep
 
 require("jaxmarl")  # cheap; JaxMARL itself is imported on first use
 
@@ -107,7 +109,8 @@ class Smax:
     scenario: ClassVar[str] = ""
     """JaxMARL scenario name (``map_name_to_scenario``)."""
     race: ClassVar[str | None] = None
-    """SMACv2 race of both teams (a key of :data:`RACES`), or None for the scenario's units."""
+    """SMACv2 race of both teams (a key of :data:`RACES`), or None for the scenario's units.
+    The tasks (``Smax3m``, ...) are made below from :data:`macflow.envs.smax_maps.MAPS`."""
 
     episode_limit: int = 100
     """Steps per episode; reaching it without the battle ending is a truncation."""
@@ -202,68 +205,18 @@ class Smax:
         return state, self._timestep(obs, state, reward, over, truncation, won)
 
 
-@dataclasses.dataclass(frozen=True)
-class Smax3m(Smax):
-    """3 marines vs 3 marines."""
-
-    task: ClassVar[str] = "smax/3m"
-    scenario: ClassVar[str] = "3m"
-
-
-@dataclasses.dataclass(frozen=True)
-class Smax8m(Smax):
-    """8 marines vs 8 marines."""
-
-    task: ClassVar[str] = "smax/8m"
-    scenario: ClassVar[str] = "8m"
+def _task(name: str, m: SmaxMap) -> type[Smax]:
+    """The frozen dataclass of task ``smax/<name>`` (one per entry of ``MAPS``)."""
+    attrs = {
+        "__doc__": f"{m.summary}.",
+        "__module__": __name__,
+        "__qualname__": m.cls,
+        "task": f"smax/{name}",
+        "scenario": m.scenario,
+        "race": m.race,
+    }
+    return dataclasses.dataclass(frozen=True)(type(m.cls, (Smax,), attrs))
 
 
-@dataclasses.dataclass(frozen=True)
-class Smax2s3z(Smax):
-    """2 stalkers and 3 zealots on each side."""
-
-    task: ClassVar[str] = "smax/2s3z"
-    scenario: ClassVar[str] = "2s3z"
-
-
-@dataclasses.dataclass(frozen=True)
-class Smax5mVs6m(Smax):
-    """5 marines vs 6 marines."""
-
-    task: ClassVar[str] = "smax/5m_vs_6m"
-    scenario: ClassVar[str] = "5m_vs_6m"
-
-
-@dataclasses.dataclass(frozen=True)
-class Smax3s5zVs3s6z(Smax):
-    """3 stalkers and 5 zealots vs 3 stalkers and 6 zealots."""
-
-    task: ClassVar[str] = "smax/3s5z_vs_3s6z"
-    scenario: ClassVar[str] = "3s5z_vs_3s6z"
-
-
-@dataclasses.dataclass(frozen=True)
-class SmaxTerran5v5(Smax):
-    """SMACv2-style 5 vs 5 terran: random marines/marauders, random start positions."""
-
-    task: ClassVar[str] = "smax/terran_5_vs_5"
-    scenario: ClassVar[str] = "smacv2_5_units"
-    race: ClassVar[str | None] = "terran"
-
-
-@dataclasses.dataclass(frozen=True)
-class SmaxZerg5v5(Smax):
-    """SMACv2-style 5 vs 5 zerg: random zerglings/hydralisks, random start positions."""
-
-    task: ClassVar[str] = "smax/zerg_5_vs_5"
-    scenario: ClassVar[str] = "smacv2_5_units"
-    race: ClassVar[str | None] = "zerg"
-
-
-@dataclasses.dataclass(frozen=True)
-class SmaxTerran10v10(Smax):
-    """SMACv2-style 10 vs 10 terran: random marines/marauders, random start positions."""
-
-    task: ClassVar[str] = "smax/terran_10_vs_10"
-    scenario: ClassVar[str] = "smacv2_10_units"
-    race: ClassVar[str | None] = "terran"
+for _name, _map in MAPS.items():
+    globals()[_map.cls] = _task(_name, _map)

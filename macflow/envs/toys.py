@@ -26,7 +26,8 @@ from typing import ClassVar
 import jax
 import jax.numpy as jnp
 
-from macflow.envs.base import EnvSpec, TimeStep, concat_state
+from macflow.envs.base import concat_state
+from macflow.spec import EnvSpec, TimeStep
 
 
 def _one_step_timestep(legal: jax.Array | None, reward, done: bool) -> TimeStep:

@@ -169,7 +169,7 @@ def _check_env(spec) -> None:
         )
 
 
-def cached_import(src: str | Path) -> Path:
+def cached_import(src: str | Path, command: str | None = None) -> Path:
     """``src`` itself if it is not an importable dataset; else its conversion in the cache.
 
     The conversion is made once (``<cache>/imports``) and redone when the source's files change.
@@ -194,7 +194,7 @@ def cached_import(src: str | Path) -> Path:
             f"`macflow data import {fmt} {src} --out DIR`"
         )
     print(f"converting the {fmt} dataset {src} into {path} (once)", file=sys.stderr)
-    import_dataset(fmt, src, path, options, overwrite=True, sources=sources)
+    import_dataset(fmt, src, path, options, overwrite=True, sources=sources, command=command)
     return path
 
 

@@ -37,7 +37,7 @@ from macflow.data.imports.common import (
 from macflow.data.imports.hdf5 import SUFFIXES, HdfSource, holds
 from macflow.data.schema import DatasetError
 from macflow.data.stream import Block, Located
-from macflow.envs.base import EnvSpec
+from macflow.spec import EnvSpec
 
 KEYS = ("state", "obs", "actions", "avail_actions", "reward", "terminated", "filled")
 QUALITIES = ("medium_replay",)  # qualities holding an underscore (CFCQL's h5file_suffix)

@@ -35,7 +35,7 @@ import numpy as np
 
 from macflow.data.schema import DatasetError
 from macflow.data.stream import Block, Located
-from macflow.envs.base import EnvSpec
+from macflow.spec import EnvSpec
 
 
 @dataclasses.dataclass(frozen=True)

@@ -35,7 +35,7 @@ from macflow.data.imports.common import (
 )
 from macflow.data.schema import DatasetError
 from macflow.data.stream import Block, Located
-from macflow.envs.base import EnvSpec
+from macflow.spec import EnvSpec
 
 REQUIRED = ("obs", "actions", "rewards", "discounts", "path_lengths")
 OPTIONAL = ("states", "legals")

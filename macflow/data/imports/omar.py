@@ -43,7 +43,7 @@ from macflow.data.imports.common import (
 )
 from macflow.data.schema import DatasetError
 from macflow.data.stream import Block, Located
-from macflow.envs.base import EnvSpec
+from macflow.spec import EnvSpec
 
 SEED_DIR = re.compile(r"^seed_(\d+)_data$")
 OBS_FILE = re.compile(r"^obs_(\d+)\.npy$")

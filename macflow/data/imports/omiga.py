@@ -44,7 +44,7 @@ from macflow.data.imports.common import (
 from macflow.data.imports.hdf5 import SUFFIXES, HdfSource, holds
 from macflow.data.schema import DatasetError
 from macflow.data.stream import Block, Located
-from macflow.envs.base import EnvSpec
+from macflow.spec import EnvSpec
 
 SNIFF = ("o", "a", "r", "d")
 TIME_LIMIT = 1000  # MuJoCo's (gym v2) time limit, which OMIGA's data were collected under

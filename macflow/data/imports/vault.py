@@ -38,7 +38,7 @@ from macflow.data.imports.common import (
 )
 from macflow.data.schema import DatasetError
 from macflow.data.stream import Block, Located
-from macflow.envs.base import EnvSpec
+from macflow.spec import EnvSpec
 
 METADATA = "metadata.json"
 REQUIRED = ("observations.", "actions.", "rewards.", "terminals.", "truncations.")

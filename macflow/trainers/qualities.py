@@ -20,8 +20,9 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import time
 from pathlib import Path
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
 from macflow import cache_root
 
@@ -162,3 +163,80 @@ def make_dataset(
     return trainer.collect(
         env, directory, curve, quality, transitions, seed, console, episodes=episodes
     )
+
+
+def with_quick(trainer: Any) -> Any:
+    """``type(trainer).quick()`` keeping every field that ``trainer`` sets away from its
+    defaults (``--quick`` with trainer options given explicitly)."""
+    base = type(trainer)()
+    changed = {
+        f.name: getattr(trainer, f.name)
+        for f in dataclasses.fields(trainer)
+        if getattr(trainer, f.name) != getattr(base, f.name)
+    }
+    return dataclasses.replace(type(trainer).quick(), **changed)
+
+
+EnvT = TypeVar("EnvT")
+TrainerT = TypeVar("TrainerT")
+
+
+@dataclasses.dataclass(frozen=True)
+class QualityOptions(Generic[EnvT, TrainerT]):
+    """Generate a dataset at one of the field's quality levels with a trained behaviour policy.
+
+    The behaviour policy is trained on first use and cached (``~/.cache/macflow/behaviour``,
+    resumable if interrupted); later qualities of the same task reuse it."""
+
+    env: EnvT
+    """Task parameters."""
+    trainer: TrainerT
+    """The online trainer that produces the behaviour policies."""
+    out: Path
+    """Dataset directory to write (atomically: an interrupted write leaves no partial data)."""
+    quality: str
+    """MPE and MuJoCo: expert, medium, medium-replay, random, medium-expert. SMAX: good, medium,
+    poor, replay. See docs/datasets.md for the definitions."""
+    transitions: int | None = None
+    """Size of the dataset in transitions, rounded up to whole episodes (default 1,000,000, the
+    field's size; 100,000 with --quick). medium-replay/replay hold at most what training made."""
+    episodes: int | None = None
+    """Size in episodes instead of transitions."""
+    quick: bool = False
+    """A much cheaper behaviour training (minutes) and a smaller default size; trainer options
+    given explicitly still apply."""
+    seed: int = 0
+    """Seed of the behaviour training and of the collection."""
+    overwrite: bool = False
+    """Replace an existing dataset at ``out``."""
+
+
+def collect_quality(
+    options: QualityOptions, command: str | None = None, console: Any = None
+) -> Any:
+    """Train (or reuse) the behaviour policy, collect the quality level and save it, with
+    progress bars on ``console`` (a ``rich`` console); returns the saved dataset. ``command``
+    and the seconds it took are recorded in the provenance."""
+    from macflow.data import fields_for, save
+    from macflow.progress import progress_bar
+
+    trainer, out = options.trainer, options.out
+    if options.quick:
+        trainer = with_quick(trainer)
+    size = options.transitions or (100_000 if options.quick else 1_000_000)
+    if options.episodes is not None:
+        size = None
+    if out.exists() and not options.overwrite:
+        raise FileExistsError(f"{out} already exists; pass --overwrite to replace it")
+    start = time.perf_counter()
+    env, episodes = options.env, options.episodes
+    ds = make_dataset(
+        env, trainer, options.quality, size, options.seed, console=console, episodes=episodes
+    )
+    provenance = dict(ds.provenance)
+    provenance["command"] = command
+    provenance["seconds"] = round(time.perf_counter() - start, 1)
+    ds = dataclasses.replace(ds, provenance=provenance)
+    with progress_bar(console=console) as bar:
+        write = bar.add_task(f"write {out}", total=len(fields_for(env.spec)))
+        return save(ds, out, overwrite=options.overwrite, on_field=lambda _: bar.advance(write))

@@ -12,7 +12,7 @@ environments (:mod:`macflow.envs.host`), so both cores stay busy.
     checkpoint.npz         networks, optimisers, the whole replay buffer, counters, RNG state
                            (atomic; every few minutes, on Ctrl-C and at the end)
     snapshots/<i>.msgpack  the actor of snapshot i (4 digits)
-    curve.json             the learning curve (:class:`~macflow.behaviour.qualities.Curve`),
+    curve.json             the learning curve (:class:`~macflow.trainers.qualities.Curve`),
                            written when training is complete
 
 The replay buffer stores every observation once, in generation order: a row is an observation
@@ -44,16 +44,16 @@ import optax
 from flax import serialization
 
 from macflow import __version__
-from macflow.behaviour.qualities import CONTINUOUS, Curve, Snapshot, check_quality
 from macflow.data.collect import flatten
 from macflow.data.dataset import Dataset
 from macflow.data.io import created_now
 from macflow.envs import env_kwargs
-from macflow.envs.base import EnvSpec
 from macflow.envs.host import HostPool, host_rollout
+from macflow.files import write_atomic
 from macflow.nn import agent_ids
 from macflow.progress import progress_bar
-from macflow.runs import write_atomic
+from macflow.spec import EnvSpec
+from macflow.trainers.qualities import CONTINUOUS, Curve, Snapshot, check_quality
 
 CHECKPOINT = "checkpoint.npz"
 CURVE = "curve.json"

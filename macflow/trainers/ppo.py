@@ -10,7 +10,7 @@ action bounds when sent to the environment. Discrete actions: a categorical over
 Advantages are GAE(lambda). Our environments do not auto-reset, so the value of the true next
 observation is computed before each reset: truncated episodes bootstrap from it, terminal ones do
 not. Snapshots of the actor along training, with their returns, make the quality levels of
-:mod:`macflow.behaviour.qualities`.
+:mod:`macflow.trainers.qualities`.
 """
 
 from __future__ import annotations
@@ -29,15 +29,15 @@ import optax
 from flax import serialization
 
 from macflow import __version__
-from macflow.behaviour.qualities import Curve, Snapshot, check_quality
 from macflow.data.collect import flatten
 from macflow.data.dataset import Dataset
 from macflow.data.io import created_now
 from macflow.envs import env_kwargs
-from macflow.envs.base import EnvSpec, TimeStep
 from macflow.envs.rollout import make_rollout
+from macflow.files import write_atomic
 from macflow.progress import progress_bar
-from macflow.runs import write_atomic
+from macflow.spec import EnvSpec, TimeStep
+from macflow.trainers.qualities import Curve, Snapshot, check_quality
 
 LOG_2PI_E = math.log(2 * math.pi * math.e)
 

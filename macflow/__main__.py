@@ -1,0 +1,5 @@
+"""``python -m macflow ...``: the ``macflow`` command."""
+
+from macflow.cli import main
+
+main()
