@@ -4,7 +4,8 @@
 
 Tasks (``make_env``, ``registered``), datasets (``load``, ``save``, ``collect`` from a scripted
 behaviour, ``Dataset``, ``Sampler``),
-training (``train`` with a ``TrainConfig``; ``load_run`` rebuilds a run's agents), evaluation
+training (``train`` with a ``TrainConfig``; ``load_run`` rebuilds a run's agents; the loop
+without a run directory: ``create_agents``, ``fit``), evaluation
 (``evaluate``), the algorithms (``AGENTS``, ``get_agent``, the act modes) and the command line
 itself (``main(["train", ...])``). Every other module is internal.
 """
@@ -16,6 +17,7 @@ from macflow.data import Dataset, DatasetError, Sampler, load, save
 from macflow.data.collect import collect
 from macflow.envs import make_env, registered
 from macflow.evaluate import evaluate
+from macflow.loop import TrainingDiverged, create_agents, fit
 from macflow.spec import EnvSpec
 from macflow.train import LoadedRun, Run, TrainConfig, load_run, train
 
@@ -29,10 +31,13 @@ __all__ = [
     "Run",
     "Sampler",
     "TrainConfig",
+    "TrainingDiverged",
     "__version__",
     "cache_root",
     "collect",
+    "create_agents",
     "evaluate",
+    "fit",
     "get_agent",
     "load",
     "load_run",
