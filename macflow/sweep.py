@@ -161,20 +161,47 @@ def sweep_out(path: Path) -> Path:
         raise SweepError(f"{path}: {err}") from None
 
 
+@dataclasses.dataclass(frozen=True)
+class _Shared:
+    """A sweep file's top-level fields, checked: what every job of the sweep shares."""
+
+    out: Path
+    data_root: Path
+    seeds: list[int]
+    retries: int
+    train: list[str]
+    family_train: dict[str, list[str]]
+    width: list[int]
+    agent: dict[str, Any]
+    tasks: dict[str, list[str]]
+    algos: list[Any]
+
+
 def load_sweep(path: Path, out: Path | None = None, data_root: Path | None = None) -> Sweep:
     """Parse and check a sweep file and plan its jobs (datasets are opened to read their spec).
 
     Relative ``out`` and ``data_root`` are taken from the current directory."""
-    from macflow.agents import AGENTS, get_agent
-    from macflow.data import load
-
     path = Path(path)
+    shared = _shared(path, _read_sweep_file(path), out, data_root)
+    datasets, data, missing = _plan_datasets(path, shared)
+    jobs, names = [], set()
+    for i, entry in enumerate(shared.algos):
+        jobs += _algo_jobs(path, f"algos[{i}]", entry, shared, datasets, names)
+    return Sweep(path, shared.out, tuple(jobs), shared.retries, data, frozenset(missing))
+
+
+def _read_sweep_file(path: Path) -> dict:
+    """The TOML table of a sweep file."""
     try:
-        raw = tomllib.loads(path.read_text())
+        return tomllib.loads(path.read_text())
     except FileNotFoundError:
         raise SweepError(f"{path}: no such sweep file") from None
     except tomllib.TOMLDecodeError as err:
         raise SweepError(f"{path}: not valid TOML: {err}") from None
+
+
+def _shared(path: Path, raw: dict, out: Path | None, data_root: Path | None) -> _Shared:
+    """The top-level fields of a sweep file, checked one by one (the first fault raises)."""
     unknown = set(raw) - TOP_LEVEL
     if unknown:
         _fail(path, ", ".join(sorted(unknown)), f"unknown field(s); known: {sorted(TOP_LEVEL)}")
@@ -209,16 +236,22 @@ def load_sweep(path: Path, out: Path | None = None, data_root: Path | None = Non
     algos = raw["algos"]
     if not isinstance(algos, list) or not algos:
         _fail(path, "algos", "expected one or more [[algos]] tables")
+    return _Shared(out, data_root, seeds, retries, train, family_train, width, agent, tasks, algos)
 
-    # A dataset that is not on this machine yet (described by the record of an earlier run of the
-    # sweep, e.g. on another machine, or one `macflow collect` can make): its finished jobs stay
-    # finished, the others wait for it.
-    record_path = out / "sweep.json"
+
+def _plan_datasets(path: Path, shared: _Shared):
+    """``(datasets, data, missing)``: each task:quality's directory and spec, its row of the
+    record, and the directories absent here.
+
+    A dataset that is not on this machine yet (described by the record of an earlier run of the
+    sweep, e.g. on another machine, or one `macflow collect` can make): its finished jobs stay
+    finished, the others wait for it."""
+    record_path = shared.out / "sweep.json"
     recorded = json.loads(record_path.read_text()).get("data", {}) if record_path.exists() else {}
     datasets, data, missing = {}, {}, set()
-    for task, qualities in tasks.items():
+    for task, qualities in shared.tasks.items():
         for quality in _strings(path, f"tasks.{task}", qualities):
-            d = data_root / task.replace("/", "-") / quality
+            d = shared.data_root / task.replace("/", "-") / quality
             if not d.exists():
                 spec = _absent_spec(task, quality, recorded.get(str(d), {}))
                 if spec is not None:
@@ -227,77 +260,114 @@ def load_sweep(path: Path, out: Path | None = None, data_root: Path | None = Non
                     datasets[(task, quality)] = (d, spec)
                     missing.add(str(d))
                     continue
-            try:
-                ds = load(d, verify=False)
-            except Exception as err:
-                _fail(path, f"tasks.{task}", f"dataset {quality!r} at {d}: {err}")
-            if ds.spec.env_id != task:
-                _fail(path, f"tasks.{task}", f"{d} holds a {ds.spec.env_id} dataset")
-            mean = float(ds.stats()["return_mean"])
-            datasets[(task, quality)] = (d, ds.spec)
-            data[str(d)] = {
-                "task": task,
-                "quality": quality,
-                "return_mean": mean,
-                "normalised": ds.normalised_score(mean),
-                "transitions": int(ds.stats()["transitions"]),
-                "checksum": ds.checksum,
-                "spec": ds.spec.to_dict(),
-            }
+            datasets[(task, quality)], data[str(d)] = _open_dataset(path, task, quality, d)
+    return datasets, data, missing
 
-    jobs, names = [], set()
-    for i, entry in enumerate(algos):
-        where = f"algos[{i}]"
-        if not isinstance(entry, dict) or "algo" not in entry:
-            _fail(path, where, "needs `algo = NAME`")
-        unknown = set(entry) - ALGO_KEYS
-        if unknown:
-            _fail(path, f"{where}.{sorted(unknown)[0]}", f"unknown; known: {sorted(ALGO_KEYS)}")
-        algo = entry["algo"]
-        if algo not in AGENTS:
-            _fail(path, f"{where}.algo", f"unknown algorithm {algo!r}; known: {sorted(AGENTS)}")
-        cls = get_agent(algo)
-        preset = entry.get("preset", "paper")
-        if preset not in cls.presets:
-            _fail(path, f"{where}.preset", f"{algo} has presets {sorted(cls.presets)}")
-        label = entry.get("label", "")
-        args = _strings(path, f"{where}.args", entry.get("args", []))
-        family_args = entry.get("family_args", {})
-        families = {t.split("/", 1)[0] for t in tasks}
-        for fam, extra in family_args.items():
-            if fam not in families:
-                _fail(path, f"{where}.family_args.{fam}", f"no task of the sweep is in {fam}/")
-            _strings(path, f"{where}.family_args.{fam}", extra)
-        task_args = entry.get("task_args", {})
-        for task, extra in task_args.items():
-            if task not in tasks:
-                _fail(path, f"{where}.task_args.{task}", "not one of the sweep's tasks")
-            _strings(path, f"{where}.task_args.{task}", extra)
-        only = _strings(path, f"{where}.only", entry.get("only", []))
-        for item in only:
-            if tuple(item.rsplit(":", 1)) not in datasets:
-                _fail(path, f"{where}.only", f"{item!r} is not one of the sweep's task:quality")
-        cell = f"{algo}[{label}]" if label else algo
-        for (task, quality), (d, spec) in datasets.items():
-            if only and f"{task}:{quality}" not in only:
-                continue
-            name = f"{task.replace('/', '-')}-{quality}-{algo}" + (f"-{label}" if label else "")
-            if name in names:
-                _fail(path, where, f"two jobs named {name}; give variants distinct labels")
-            names.add(name)
-            flags = _agent_flags(cls, spec, preset, width, agent)
-            if flags is None:
-                na = f"{algo} cannot run {task} ({'discrete' if spec.discrete else 'continuous'})"
-                jobs.append(Job(name, task, quality, cell, (), str(d), na))
-                continue
-            argv = ["train", "--dataset", str(d), "--algo", algo]
-            argv += ["--preset", preset] if preset != "paper" else []
-            fam = task.split("/", 1)[0]
-            argv += ["--seeds", *map(str, seeds), *train, *family_train.get(fam, []), *flags, *args]
-            argv += [*family_args.get(fam, []), *task_args.get(task, [])]
-            argv += ["--out", str(out), "--name", name, "--no-progress"]
-            jobs.append(Job(name, task, quality, cell, tuple(argv), str(d)))
-    return Sweep(path, out, tuple(jobs), retries, data, frozenset(missing))
+
+def _open_dataset(path: Path, task: str, quality: str, d: Path):
+    """``((d, spec), row of the record)`` of a dataset directory, checked to be of ``task``."""
+    from macflow.data import load
+
+    try:
+        ds = load(d, verify=False)
+    except Exception as err:
+        _fail(path, f"tasks.{task}", f"dataset {quality!r} at {d}: {err}")
+    if ds.spec.env_id != task:
+        _fail(path, f"tasks.{task}", f"{d} holds a {ds.spec.env_id} dataset")
+    mean = float(ds.stats()["return_mean"])
+    row = {
+        "task": task,
+        "quality": quality,
+        "return_mean": mean,
+        "normalised": ds.normalised_score(mean),
+        "transitions": int(ds.stats()["transitions"]),
+        "checksum": ds.checksum,
+        "spec": ds.spec.to_dict(),
+    }
+    return (d, ds.spec), row
+
+
+@dataclasses.dataclass(frozen=True)
+class _Algo:
+    """One ``[[algos]]`` table, checked."""
+
+    algo: str
+    cls: Any
+    preset: str
+    label: str
+    args: list[str]
+    family_args: dict[str, list[str]]
+    task_args: dict[str, list[str]]
+    only: list[str]
+
+
+def _check_algo(path: Path, where: str, entry, tasks: dict, datasets: dict) -> _Algo:
+    """An ``[[algos]]`` table's fields, checked against the known algorithms and the sweep's
+    tasks and datasets."""
+    from macflow.agents import AGENTS, get_agent
+
+    if not isinstance(entry, dict) or "algo" not in entry:
+        _fail(path, where, "needs `algo = NAME`")
+    unknown = set(entry) - ALGO_KEYS
+    if unknown:
+        _fail(path, f"{where}.{sorted(unknown)[0]}", f"unknown; known: {sorted(ALGO_KEYS)}")
+    algo = entry["algo"]
+    if algo not in AGENTS:
+        _fail(path, f"{where}.algo", f"unknown algorithm {algo!r}; known: {sorted(AGENTS)}")
+    cls = get_agent(algo)
+    preset = entry.get("preset", "paper")
+    if preset not in cls.presets:
+        _fail(path, f"{where}.preset", f"{algo} has presets {sorted(cls.presets)}")
+    label = entry.get("label", "")
+    args = _strings(path, f"{where}.args", entry.get("args", []))
+    family_args = entry.get("family_args", {})
+    families = {t.split("/", 1)[0] for t in tasks}
+    for fam, extra in family_args.items():
+        if fam not in families:
+            _fail(path, f"{where}.family_args.{fam}", f"no task of the sweep is in {fam}/")
+        _strings(path, f"{where}.family_args.{fam}", extra)
+    task_args = entry.get("task_args", {})
+    for task, extra in task_args.items():
+        if task not in tasks:
+            _fail(path, f"{where}.task_args.{task}", "not one of the sweep's tasks")
+        _strings(path, f"{where}.task_args.{task}", extra)
+    only = _strings(path, f"{where}.only", entry.get("only", []))
+    for item in only:
+        if tuple(item.rsplit(":", 1)) not in datasets:
+            _fail(path, f"{where}.only", f"{item!r} is not one of the sweep's task:quality")
+    return _Algo(algo, cls, preset, label, args, family_args, task_args, only)
+
+
+def _algo_jobs(
+    path: Path, where: str, entry, shared: _Shared, datasets: dict, names: set[str]
+) -> list[Job]:
+    """The jobs of one ``[[algos]]`` table: one per dataset (of ``only``, if given); ``names``
+    (the names taken so far) gains theirs."""
+    a = _check_algo(path, where, entry, shared.tasks, datasets)
+    algo, label, preset = a.algo, a.label, a.preset
+    cell = f"{algo}[{label}]" if label else algo
+    jobs = []
+    for (task, quality), (d, spec) in datasets.items():
+        if a.only and f"{task}:{quality}" not in a.only:
+            continue
+        name = f"{task.replace('/', '-')}-{quality}-{algo}" + (f"-{label}" if label else "")
+        if name in names:
+            _fail(path, where, f"two jobs named {name}; give variants distinct labels")
+        names.add(name)
+        flags = _agent_flags(a.cls, spec, preset, shared.width, shared.agent)
+        if flags is None:
+            na = f"{algo} cannot run {task} ({'discrete' if spec.discrete else 'continuous'})"
+            jobs.append(Job(name, task, quality, cell, (), str(d), na))
+            continue
+        argv = ["train", "--dataset", str(d), "--algo", algo]
+        argv += ["--preset", preset] if preset != "paper" else []
+        fam = task.split("/", 1)[0]
+        argv += ["--seeds", *map(str, shared.seeds), *shared.train]
+        argv += [*shared.family_train.get(fam, []), *flags, *a.args]
+        argv += [*a.family_args.get(fam, []), *a.task_args.get(task, [])]
+        argv += ["--out", str(shared.out), "--name", name, "--no-progress"]
+        jobs.append(Job(name, task, quality, cell, tuple(argv), str(d)))
+    return jobs
 
 
 def _die_with_parent() -> None:
@@ -360,6 +430,45 @@ def run_sweep(
     # Jobs no longer in the sweep file are dropped from the record (their run directories stay).
     kept = {j.name: old["jobs"][j.name] for j in sweep.jobs if j.name in old.get("jobs", {})}
     record = {"sweep": str(sweep.path), "data": sweep.data, "jobs": kept}
+    todo, waiting = _triage(sweep, record)
+    _record(record_path, record)
+    _announce(sweep, todo, waiting, echo)
+    if not todo:
+        return record
+
+    _start_ray(address, num_cpus)
+    cpus = cpus_per_job or ray.cluster_resources().get("CPU", 1)
+    remote = ray.remote(num_cpus=cpus, max_retries=0)(run_job)
+    attempts = dict.fromkeys((j.name for j in todo), 0)
+    pending = {}
+
+    def submit(job: Job):
+        attempts[job.name] += 1
+        record["jobs"][job.name]["status"] = "submitted"
+        record["jobs"][job.name]["attempts"] = attempts[job.name]
+        pending[remote.remote(list(job.argv), str(out / job.name))] = job
+
+    # Dataset by dataset, so that a sweep stopped part-way leaves whole rows of the table.
+    order = {d: i for i, d in enumerate(sweep.data)}
+    for job in sorted(todo, key=lambda j: order.get(j.dataset, len(order))):
+        submit(job)
+    _record(record_path, record)
+    try:
+        _collect(pending, record, record_path, attempts, submit, sweep.retries, echo)
+    except KeyboardInterrupt:
+        # Ctrl-C or SIGTERM: the running jobs die with their Ray workers; record and leave.
+        for job in pending.values():
+            record["jobs"][job.name]["status"] = "interrupted"
+        _record(record_path, record)
+        ray.shutdown()
+        raise
+    return record
+
+
+def _triage(sweep: Sweep, record: dict) -> tuple[list[Job], list[Job]]:
+    """Each job's row of ``record`` (n/a, done, or pending); returns the pending jobs whose
+    dataset is here (to run) and those whose dataset is not (waiting)."""
+    out = sweep.out
     todo, waiting = [], []
     for job in sweep.jobs:
         row = {
@@ -395,7 +504,11 @@ def run_sweep(
                 waiting.append(job)
             else:
                 todo.append(job)
-    _record(record_path, record)
+    return todo, waiting
+
+
+def _announce(sweep: Sweep, todo: list[Job], waiting: list[Job], echo) -> None:
+    """Say how many jobs are finished, to run, and waiting for a dataset."""
     done = len(sweep.jobs) - len(todo) - len(waiting)
     echo(f"{len(sweep.jobs)} jobs: {done} finished or n/a, {len(todo)} to run")
     if waiting:
@@ -404,8 +517,12 @@ def run_sweep(
             f"{len(waiting)} job(s) wait for dataset(s) not on this machine (collect them, then "
             f"run the sweep again): {', '.join(absent)}"
         )
-    if not todo:
-        return record
+
+
+def _start_ray(address: str | None, num_cpus: int | None) -> None:
+    """Join the cluster at ``address`` or start a local Ray (unless one is running); SIGTERM
+    then stops the sweep like Ctrl-C."""
+    import ray
 
     # Ray starts its processes with fork + exec, which is safe although JAX (imported above to
     # check the algorithms) runs threads; Python's generic warning about fork would only alarm.
@@ -419,32 +536,6 @@ def run_sweep(
     if threading.current_thread() is threading.main_thread():
         # After ray.init, which installs its own SIGTERM handler: stop like Ctrl-C instead.
         signal.signal(signal.SIGTERM, _interrupt)
-    cpus = cpus_per_job or ray.cluster_resources().get("CPU", 1)
-    remote = ray.remote(num_cpus=cpus, max_retries=0)(run_job)
-    attempts = dict.fromkeys((j.name for j in todo), 0)
-    pending = {}
-
-    def submit(job: Job):
-        attempts[job.name] += 1
-        record["jobs"][job.name]["status"] = "submitted"
-        record["jobs"][job.name]["attempts"] = attempts[job.name]
-        pending[remote.remote(list(job.argv), str(out / job.name))] = job
-
-    # Dataset by dataset, so that a sweep stopped part-way leaves whole rows of the table.
-    order = {d: i for i, d in enumerate(sweep.data)}
-    for job in sorted(todo, key=lambda j: order.get(j.dataset, len(order))):
-        submit(job)
-    _record(record_path, record)
-    try:
-        _collect(pending, record, record_path, attempts, submit, sweep.retries, echo)
-    except KeyboardInterrupt:
-        # Ctrl-C or SIGTERM: the running jobs die with their Ray workers; record and leave.
-        for job in pending.values():
-            record["jobs"][job.name]["status"] = "interrupted"
-        _record(record_path, record)
-        ray.shutdown()
-        raise
-    return record
 
 
 def _collect(pending, record, record_path, attempts, submit, retries, echo) -> None:

@@ -346,101 +346,116 @@ def _init_runner(cfg: PPO, env, nets: _Nets, seed: int) -> dict:
 def _train_chunk(cfg: PPO, env, nets: _Nets, total_updates: int, runner, n):
     """``n`` (traced) PPO updates, each a rollout and epochs of minibatch steps, in one loop."""
     tx = _optimiser(cfg, total_updates)
-    reset, step = jax.vmap(env.reset), jax.vmap(env.step)
-
-    def value(params, ts):
-        return nets.critic.apply(params["critic"], nets.critic_in(ts))
-
-    def env_step(carry, key):
-        params, env_state, ts = carry
-        k_act, k_step, k_reset = jax.random.split(key, 3)
-        a, logp = nets.sample(params["actor"], k_act, ts.observations, ts.legal_actions)
-        keys = jax.random.split(k_step, cfg.num_envs)
-        new_state, new_ts = step(keys, env_state, nets.env_action(a))
-        r_state, r_ts = reset(jax.random.split(k_reset, cfg.num_envs))
-        done = new_ts.done
-
-        def pick(x, y):
-            return jnp.where(done.reshape(done.shape + (1,) * (x.ndim - 1)), x, y)
-
-        out = {
-            "ts": ts,
-            "action": a,
-            "logp": logp,
-            "value": value(params, ts),
-            "next_value": value(params, new_ts),
-            "reward": new_ts.reward,
-            "terminal": new_ts.terminal,
-            "done": done,
-        }
-        carry = (params, jax.tree.map(pick, r_state, new_state), jax.tree.map(pick, r_ts, new_ts))
-        return carry, out
-
-    def gae(traj):
-        def back(adv, t):
-            delta = (
-                t["reward"][:, None]
-                + cfg.gamma * (1.0 - t["terminal"][:, None]) * t["next_value"]
-                - t["value"]
-            )
-            adv = delta + cfg.gamma * cfg.gae_lambda * (1.0 - t["done"][:, None]) * adv
-            return adv, adv
-
-        init = jnp.zeros_like(traj["value"][0])
-        _, adv = jax.lax.scan(back, init, traj, reverse=True)
-        return adv
-
-    def loss(params, batch):
-        ts = batch["ts"]
-        out, log_std = nets.dist(params["actor"], ts.observations, ts.legal_actions)
-        logp = nets.log_prob(out, log_std, batch["action"])
-        ratio = jnp.exp(logp - batch["logp"])
-        adv = batch["adv"]
-        adv = (adv - adv.mean()) / (adv.std() + 1e-8)
-        clipped = jnp.clip(ratio, 1 - cfg.clip, 1 + cfg.clip)
-        pg = -jnp.mean(jnp.minimum(ratio * adv, clipped * adv))
-        v = value(params, ts)
-        v_loss = 0.5 * jnp.mean((v - batch["target"]) ** 2)
-        ent = jnp.mean(nets.entropy(out, log_std))
-        return pg + cfg.value_coef * v_loss - cfg.entropy * ent
-
-    def update(_, runner):
-        key, k_roll, k_perm = jax.random.split(runner["key"], 3)
-        carry = (runner["params"], runner["env"], runner["ts"])
-        (_, env_state, ts), traj = jax.lax.scan(
-            env_step, carry, jax.random.split(k_roll, cfg.rollout)
-        )
-        adv = gae(traj)
-        batch = {
-            "ts": traj["ts"],
-            "action": traj["action"],
-            "logp": traj["logp"],
-            "adv": adv,
-            "target": adv + traj["value"],
-        }
-        size = cfg.rollout * cfg.num_envs
-        batch = jax.tree.map(lambda x: x.reshape(size, *x.shape[2:]), batch)
-
-        def epoch(state, key):
-            perm = jax.random.permutation(key, size)
-            shuffled = jax.tree.map(
-                lambda x: x[perm].reshape(cfg.minibatches, -1, *x.shape[1:]), batch
-            )
-
-            def minibatch(state, mb):
-                params, opt = state
-                grads = jax.grad(loss)(params, mb)
-                updates, opt = tx.update(grads, opt, params)
-                return (optax.apply_updates(params, updates), opt), None
-
-            return jax.lax.scan(minibatch, state, shuffled)[0], None
-
-        (params, opt), _ = jax.lax.scan(
-            epoch, (runner["params"], runner["opt"]), jax.random.split(k_perm, cfg.epochs)
-        )
-        return {"params": params, "opt": opt, "env": env_state, "ts": ts, "key": key}
-
+    update = functools.partial(_update, cfg, env, nets, tx)
     return jax.lax.fori_loop(0, n, update, runner)
+
+
+def _value(nets: _Nets, params, ts):
+    """The critic's value of every agent in ``ts``."""
+    return nets.critic.apply(params["critic"], nets.critic_in(ts))
+
+
+def _env_step(cfg: PPO, env, nets: _Nets, carry, key):
+    """One step of every environment (scan body): the step's record, and environments that
+    ended reset; the values of both the observation and the true next one are recorded."""
+    reset, step = jax.vmap(env.reset), jax.vmap(env.step)
+    params, env_state, ts = carry
+    k_act, k_step, k_reset = jax.random.split(key, 3)
+    a, logp = nets.sample(params["actor"], k_act, ts.observations, ts.legal_actions)
+    keys = jax.random.split(k_step, cfg.num_envs)
+    new_state, new_ts = step(keys, env_state, nets.env_action(a))
+    r_state, r_ts = reset(jax.random.split(k_reset, cfg.num_envs))
+    done = new_ts.done
+
+    def pick(x, y):
+        return jnp.where(done.reshape(done.shape + (1,) * (x.ndim - 1)), x, y)
+
+    out = {
+        "ts": ts,
+        "action": a,
+        "logp": logp,
+        "value": _value(nets, params, ts),
+        "next_value": _value(nets, params, new_ts),
+        "reward": new_ts.reward,
+        "terminal": new_ts.terminal,
+        "done": done,
+    }
+    carry = (params, jax.tree.map(pick, r_state, new_state), jax.tree.map(pick, r_ts, new_ts))
+    return carry, out
+
+
+def _gae(cfg: PPO, traj):
+    """GAE(lambda) advantages of a rollout ``[T, E, N]``: truncations bootstrap from the next
+    value, terminals do not, and no advantage flows across an episode's end."""
+
+    def back(adv, t):
+        delta = (
+            t["reward"][:, None]
+            + cfg.gamma * (1.0 - t["terminal"][:, None]) * t["next_value"]
+            - t["value"]
+        )
+        adv = delta + cfg.gamma * cfg.gae_lambda * (1.0 - t["done"][:, None]) * adv
+        return adv, adv
+
+    init = jnp.zeros_like(traj["value"][0])
+    _, adv = jax.lax.scan(back, init, traj, reverse=True)
+    return adv
+
+
+def _loss(cfg: PPO, nets: _Nets, params, batch):
+    """Clipped PPO objective, value loss and entropy bonus of one minibatch."""
+    ts = batch["ts"]
+    out, log_std = nets.dist(params["actor"], ts.observations, ts.legal_actions)
+    logp = nets.log_prob(out, log_std, batch["action"])
+    ratio = jnp.exp(logp - batch["logp"])
+    adv = batch["adv"]
+    adv = (adv - adv.mean()) / (adv.std() + 1e-8)
+    clipped = jnp.clip(ratio, 1 - cfg.clip, 1 + cfg.clip)
+    pg = -jnp.mean(jnp.minimum(ratio * adv, clipped * adv))
+    v = _value(nets, params, ts)
+    v_loss = 0.5 * jnp.mean((v - batch["target"]) ** 2)
+    ent = jnp.mean(nets.entropy(out, log_std))
+    return pg + cfg.value_coef * v_loss - cfg.entropy * ent
+
+
+def _update(cfg: PPO, env, nets: _Nets, tx, _, runner):
+    """One PPO update (fori_loop body): a rollout, its advantages, then the epochs."""
+    key, k_roll, k_perm = jax.random.split(runner["key"], 3)
+    carry = (runner["params"], runner["env"], runner["ts"])
+    (_, env_state, ts), traj = jax.lax.scan(
+        functools.partial(_env_step, cfg, env, nets), carry, jax.random.split(k_roll, cfg.rollout)
+    )
+    adv = _gae(cfg, traj)
+    batch = {
+        "ts": traj["ts"],
+        "action": traj["action"],
+        "logp": traj["logp"],
+        "adv": adv,
+        "target": adv + traj["value"],
+    }
+    size = cfg.rollout * cfg.num_envs
+    batch = jax.tree.map(lambda x: x.reshape(size, *x.shape[2:]), batch)
+    epoch = functools.partial(_epoch, cfg, nets, tx, batch)
+    (params, opt), _ = jax.lax.scan(
+        epoch, (runner["params"], runner["opt"]), jax.random.split(k_perm, cfg.epochs)
+    )
+    return {"params": params, "opt": opt, "env": env_state, "ts": ts, "key": key}
+
+
+def _epoch(cfg: PPO, nets: _Nets, tx, batch, state, key):
+    """One pass over the rollout ``batch`` (scan body): shuffled, in minibatch gradient steps."""
+    size = cfg.rollout * cfg.num_envs
+    perm = jax.random.permutation(key, size)
+    shuffled = jax.tree.map(lambda x: x[perm].reshape(cfg.minibatches, -1, *x.shape[1:]), batch)
+    loss = functools.partial(_loss, cfg, nets)
+
+    def minibatch(state, mb):
+        params, opt = state
+        grads = jax.grad(loss)(params, mb)
+        updates, opt = tx.update(grads, opt, params)
+        return (optax.apply_updates(params, updates), opt), None
+
+    return jax.lax.scan(minibatch, state, shuffled)[0], None
 
 
 # -- rollouts of snapshots ----------------------------------------------------------------------

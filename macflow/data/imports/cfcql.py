@@ -32,6 +32,7 @@ from macflow.data.imports.common import (
     assemble,
     per_file,
     reward_note,
+    source_fields,
     team_reward,
 )
 from macflow.data.imports.hdf5 import SUFFIXES, HdfSource, holds
@@ -220,18 +221,16 @@ class CfcqlSource(HdfSource):
             },
             "transformations": self.notes,
         }
-        self.where = {
-            "observations": Located(self.name, "obs"),
-            "final_observations": Located(self.name, "obs"),
-            "states": Located(self.name, "state"),
-            "final_states": Located(self.name, "state"),
-            "actions": Located(self.name, "actions"),
-            "legal_actions": Located(self.name, "avail_actions"),
-            "final_legal_actions": Located(self.name, "avail_actions"),
-            "rewards": Located(self.name, "reward"),
-            "terminals": Located(self.name, "terminated"),
-            "truncations": Located(self.name, "filled"),
-        }
+        self.where = source_fields(
+            lambda key: Located(self.name, key),
+            observations="obs",
+            states="state",
+            actions="actions",
+            rewards="reward",
+            terminals="terminated",
+            truncations="filled",
+            legal="avail_actions",
+        )
 
     def _per_block(self) -> int:
         return max(1, self.options.block_rows // self.length)

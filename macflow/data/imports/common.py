@@ -324,3 +324,33 @@ def episode_blocks(ends: np.ndarray, block_rows: int) -> Iterator[tuple[int, int
         stop = int(ends[j - 1]) + 1
         yield start, stop, ends[i:j] - start
         start, i = stop, j
+
+
+def source_fields(
+    at: Callable[[str], Located],
+    *,
+    observations: str,
+    states: str,
+    actions: str,
+    rewards: str,
+    terminals: str,
+    truncations: str | None = None,
+    legal: str | None = None,
+) -> dict[str, Located]:
+    """A source's ``where`` when each final array comes from the same source field as its
+    per-step one: output field -> ``at(source field)``. Truncations come from ``terminals``'
+    field unless given; without ``legal``, no legal-action fields."""
+    where = {
+        "observations": at(observations),
+        "final_observations": at(observations),
+        "states": at(states),
+        "final_states": at(states),
+        "actions": at(actions),
+        "rewards": at(rewards),
+        "terminals": at(terminals),
+        "truncations": at(terminals if truncations is None else truncations),
+    }
+    if legal is not None:
+        where["legal_actions"] = at(legal)
+        where["final_legal_actions"] = at(legal)
+    return where

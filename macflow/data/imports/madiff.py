@@ -31,6 +31,7 @@ from macflow.data.imports.common import (
     episode_blocks,
     final_note,
     reward_note,
+    source_fields,
     team_reward,
 )
 from macflow.data.schema import DatasetError
@@ -223,55 +224,13 @@ class MadiffSource:
         return mask
 
     def _describe(self) -> None:
+        """Spec, quality, provenance and ``where``, from the shapes and the first rows."""
         opts, n, arrays = self.options, self.num_agents, self.arrays
         first = min(self.rows, opts.block_rows)
-        obs = np.asarray(arrays["obs"][:first], np.float32)
-        self.agent_id = AgentId(obs, opts.strip_agent_id, self.notes, self.file("obs"), "obs")
-        obs = self.agent_id(obs, lambda t, i, d: (self.file("obs"), "obs", (t, i, d)))
-        obs_dim = obs.shape[2]
-
-        self.reducer = None
-        if "states" not in arrays:
-            state_dim = n * obs_dim
-            self.notes.append("states: no states.npy; observations concatenated")
-        elif arrays["states"].ndim == 3:
-            raw = np.asarray(arrays["states"][:first], np.float32)
-            self.reducer = StateReducer(opts.state_reduction, raw, self.file("states"), "states")
-            self.notes.append(self.reducer.note)
-            state_dim = self.reducer.dim(n, raw.shape[2])
-        else:
-            state_dim = int(arrays["states"].shape[1])
-
-        acts = arrays["actions"]
-        if self.discrete:
-            if "legals" in arrays:
-                action_dim = int(arrays["legals"].shape[2])
-            else:
-                action_dim = self._count_actions()
-                self.notes.append(
-                    "legal actions: no legals.npy, so every action is legal; the number of "
-                    f"actions {action_dim} is the largest action index + 1"
-                )
-            if not np.issubdtype(acts.dtype, np.integer):
-                self.notes.append(f"actions: {acts.dtype} action indices converted to int32")
-            bounds: dict[str, Any] = {}
-        else:
-            action_dim = int(acts.shape[2])
-            bounds = continuous_bounds(action_dim, opts.action_bound)
-
-        rewards = arrays["rewards"]
-        per_agent = rewards.ndim >= 2 and rewards.shape[1] == n and n > 1
-        note = reward_note(opts.team_reward, per_agent)
-        if note:
-            self.notes.append(note)
-        self.notes.append(final_note(opts.final, "the files", legal=self.discrete))
-        unused = sorted(
-            p.name
-            for p in self.dir.iterdir()
-            if p.suffix == ".npy" and p.stem not in (*REQUIRED, *OPTIONAL)
-        )
-        if unused:
-            self.notes.append(f"files not kept: {unused}")
+        obs_dim = self._find_agent_id(first)
+        state_dim = self._state_dim(first, obs_dim)
+        action_dim, bounds = self._action_space()
+        self._note_rewards_and_files()
 
         scenario, quality = names(self.dir)
         self.spec = EnvSpec(
@@ -301,20 +260,78 @@ class MadiffSource:
             "transformations": self.notes,
         }
         state = "states" if "states" in arrays else "obs"
-        self.where = {
-            "observations": Located(self.file("obs"), "obs"),
-            "final_observations": Located(self.file("obs"), "obs"),
-            "states": Located(self.file(state), state),
-            "final_states": Located(self.file(state), state),
-            "actions": Located(self.file("actions"), "actions"),
-            "rewards": Located(self.file("rewards"), "rewards"),
-            "terminals": Located(self.file("discounts"), "discounts"),
-            "truncations": Located(self.file("discounts"), "discounts"),
-        }
+        legal = "legals" if "legals" in arrays else "actions"
+        self.where = source_fields(
+            lambda name: Located(self.file(name), name),
+            observations="obs",
+            states=state,
+            actions="actions",
+            rewards="rewards",
+            terminals="discounts",
+            legal=legal if self.discrete else None,
+        )
+
+    def _find_agent_id(self, first: int) -> int:
+        """The observation size once a one-hot agent id (looked for on the ``first`` rows) is
+        stripped, if it is; sets ``agent_id``."""
+        opts = self.options
+        obs = np.asarray(self.arrays["obs"][:first], np.float32)
+        self.agent_id = AgentId(obs, opts.strip_agent_id, self.notes, self.file("obs"), "obs")
+        obs = self.agent_id(obs, lambda t, i, d: (self.file("obs"), "obs", (t, i, d)))
+        return obs.shape[2]
+
+    def _state_dim(self, first: int, obs_dim: int) -> int:
+        """The global state's size: the concatenated observations without ``states.npy``, else
+        its state or per-agent states (reduced, decided on the ``first`` rows); sets ``reducer``."""
+        opts, n, arrays = self.options, self.num_agents, self.arrays
+        self.reducer = None
+        if "states" not in arrays:
+            state_dim = n * obs_dim
+            self.notes.append("states: no states.npy; observations concatenated")
+        elif arrays["states"].ndim == 3:
+            raw = np.asarray(arrays["states"][:first], np.float32)
+            self.reducer = StateReducer(opts.state_reduction, raw, self.file("states"), "states")
+            self.notes.append(self.reducer.note)
+            state_dim = self.reducer.dim(n, raw.shape[2])
+        else:
+            state_dim = int(arrays["states"].shape[1])
+        return state_dim
+
+    def _action_space(self) -> tuple[int, dict[str, Any]]:
+        """``(action_dim, bounds)``: the number of actions (from ``legals.npy``, else the largest
+        action index + 1), or the continuous actions' size and bounds."""
+        acts = self.arrays["actions"]
         if self.discrete:
-            legal = "legals" if "legals" in arrays else "actions"
-            self.where["legal_actions"] = Located(self.file(legal), legal)
-            self.where["final_legal_actions"] = Located(self.file(legal), legal)
+            if "legals" in self.arrays:
+                action_dim = int(self.arrays["legals"].shape[2])
+            else:
+                action_dim = self._count_actions()
+                self.notes.append(
+                    "legal actions: no legals.npy, so every action is legal; the number of "
+                    f"actions {action_dim} is the largest action index + 1"
+                )
+            if not np.issubdtype(acts.dtype, np.integer):
+                self.notes.append(f"actions: {acts.dtype} action indices converted to int32")
+            return action_dim, {}
+        action_dim = int(acts.shape[2])
+        return action_dim, continuous_bounds(action_dim, self.options.action_bound)
+
+    def _note_rewards_and_files(self) -> None:
+        """The provenance notes of the team reward, the final observations and unused files."""
+        opts, n = self.options, self.num_agents
+        rewards = self.arrays["rewards"]
+        per_agent = rewards.ndim >= 2 and rewards.shape[1] == n and n > 1
+        note = reward_note(opts.team_reward, per_agent)
+        if note:
+            self.notes.append(note)
+        self.notes.append(final_note(opts.final, "the files", legal=self.discrete))
+        unused = sorted(
+            p.name
+            for p in self.dir.iterdir()
+            if p.suffix == ".npy" and p.stem not in (*REQUIRED, *OPTIONAL)
+        )
+        if unused:
+            self.notes.append(f"files not kept: {unused}")
 
     def _count_actions(self) -> int:
         top = 0

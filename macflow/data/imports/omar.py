@@ -274,44 +274,12 @@ class OmarSource:
         self.terminal_count, self.truncated_count = terminal, truncated
 
     def _describe(self) -> None:
+        """Spec, quality, provenance and ``where``, from the first seed's sizes and rows."""
         opts, first, n = self.options, self.seeds[0], self.num_agents
         obs_dims, act_dims = first.dims("obs"), first.dims("acs")
-        self.obs_size, self.act_size = max(obs_dims), max(act_dims)
-        if len(set(obs_dims)) > 1:
-            self.notes.append(
-                f"observations: agents' sizes {obs_dims} differ; each is zero-padded at the end "
-                f"to {self.obs_size}"
-            )
-        if len(set(act_dims)) > 1:
-            self.notes.append(
-                f"actions: agents' sizes {act_dims} differ; each is zero-padded at the end "
-                f"to {self.act_size}"
-            )
-
-        rows = min(first.rows, opts.block_rows)
-        obs = self._stack(first, "obs", 0, rows, self.obs_size)
-        file = first.file("obs", 0)
-        self.agent_id = AgentId(obs, opts.strip_agent_id, self.notes, file, "obs_0")
-        obs = self.agent_id(obs, lambda t, i, d: (first.file("obs", i), f"obs_{i}", (t, d)))
-        obs_dim = obs.shape[2]
-
-        self.reducers: list[tuple[StateReducer, StateReducer]] = []
-        if self.has_state:
-            mode = opts.state_reduction
-            for seed in self.seeds:
-                part = self._stack(seed, "states", 0, min(seed.rows, opts.block_rows))
-                reducers = tuple(
-                    StateReducer(mode, part, str(seed.dir / f"{name}_<i>.npy"), f"{name}_<i>")
-                    for name in STATE_FILES
-                )
-                mode = reducers[0].mode  # the first seed decides; the others must agree
-                self.reducers.append(reducers)
-            self.notes.append(self.reducers[0][0].note.replace("states:", "states (states_i):"))
-            state_dim = self.reducers[0][0].dim(n, int(first.arrays["states"][0].shape[1]))
-        else:
-            state_dim = n * obs_dim
-            self.notes.append("states: OMAR's MPE has no global state; observations concatenated")
-
+        self._padded_sizes(obs_dims, act_dims)
+        obs_dim = self._find_agent_id()
+        state_dim = self._state_dim(obs_dim)
         per_agent = n > 1
         note = reward_note(opts.team_reward, per_agent)
         if note:
@@ -330,27 +298,83 @@ class OmarSource:
         )
         self.quality = opts.quality or self.data_type
         self.total = sum(seed.rows for seed in self.seeds)
+        self.provenance: dict[str, Any] = {
+            "omar": self._source_provenance(obs_dims, act_dims),
+            "transformations": self.notes,
+        }
+        self.where = self._locations()
+
+    def _padded_sizes(self, obs_dims: list[int], act_dims: list[int]) -> None:
+        """``obs_size`` and ``act_size``: the largest agent's, to which the others are padded."""
+        self.obs_size, self.act_size = max(obs_dims), max(act_dims)
+        if len(set(obs_dims)) > 1:
+            self.notes.append(
+                f"observations: agents' sizes {obs_dims} differ; each is zero-padded at the end "
+                f"to {self.obs_size}"
+            )
+        if len(set(act_dims)) > 1:
+            self.notes.append(
+                f"actions: agents' sizes {act_dims} differ; each is zero-padded at the end "
+                f"to {self.act_size}"
+            )
+
+    def _find_agent_id(self) -> int:
+        """The observation size once a one-hot agent id (looked for on the first seed's first
+        rows) is stripped, if it is; sets ``agent_id``."""
+        opts, first = self.options, self.seeds[0]
+        rows = min(first.rows, opts.block_rows)
+        obs = self._stack(first, "obs", 0, rows, self.obs_size)
+        file = first.file("obs", 0)
+        self.agent_id = AgentId(obs, opts.strip_agent_id, self.notes, file, "obs_0")
+        obs = self.agent_id(obs, lambda t, i, d: (first.file("obs", i), f"obs_{i}", (t, d)))
+        return obs.shape[2]
+
+    def _state_dim(self, obs_dim: int) -> int:
+        """The global state's size: MA-MuJoCo's per-agent states reduced (the first seed decides
+        how, on its first rows; the others must agree), else the concatenated observations;
+        sets ``reducers`` (per seed, for ``states_i`` and ``next_states_i``)."""
+        opts, first, n = self.options, self.seeds[0], self.num_agents
+        self.reducers: list[tuple[StateReducer, StateReducer]] = []
+        if not self.has_state:
+            self.notes.append("states: OMAR's MPE has no global state; observations concatenated")
+            return n * obs_dim
+        mode = opts.state_reduction
+        for seed in self.seeds:
+            part = self._stack(seed, "states", 0, min(seed.rows, opts.block_rows))
+            reducers = tuple(
+                StateReducer(mode, part, str(seed.dir / f"{name}_<i>.npy"), f"{name}_<i>")
+                for name in STATE_FILES
+            )
+            mode = reducers[0].mode  # the first seed decides; the others must agree
+            self.reducers.append(reducers)
+        self.notes.append(self.reducers[0][0].note.replace("states:", "states (states_i):"))
+        return self.reducers[0][0].dim(n, int(first.arrays["states"][0].shape[1]))
+
+    def _source_provenance(self, obs_dims: list[int], act_dims: list[int]) -> dict[str, Any]:
+        """The ``omar`` part of the provenance: the task, the seeds' row ranges, the sizes and
+        the episodes."""
         seeds, start = [], 0
         for seed in self.seeds:
             seeds.append({"seed": seed.k, "dir": str(seed.dir), "rows": [start, start + seed.rows]})
             start += seed.rows
-        self.provenance: dict[str, Any] = {
-            "omar": {
-                "scenario": self.scenario,
-                "data_type": self.data_type,
-                "seeds": seeds,
-                "num_agents": n,
-                "obs_dims": obs_dims,
-                "action_dims": act_dims,
-                "episode_length": self.length,
-                "episodes": self.terminal_count + self.truncated_count,
-                "terminal_episodes": self.terminal_count,
-                "truncated_episodes": self.truncated_count,
-            },
-            "transformations": self.notes,
+        return {
+            "scenario": self.scenario,
+            "data_type": self.data_type,
+            "seeds": seeds,
+            "num_agents": self.num_agents,
+            "obs_dims": obs_dims,
+            "action_dims": act_dims,
+            "episode_length": self.length,
+            "episodes": self.terminal_count + self.truncated_count,
+            "terminal_episodes": self.terminal_count,
+            "truncated_episodes": self.truncated_count,
         }
+
+    def _locations(self) -> dict[str, Located]:
+        """``where``: each output field's agent files (in the seed directory, or in every
+        ``seed_<k>_data``, whose concatenation is then noted)."""
         if self.single:
-            base = str(first.dir)
+            base = str(self.seeds[0].dir)
         else:
             base = str(self.src / "seed_<k>_data")
             self.notes.append(
@@ -363,7 +387,7 @@ class OmarSource:
 
         state = "states" if self.has_state else "obs"
         final_state = "next_states" if self.has_state else "next_obs"
-        self.where = {
+        return {
             "observations": at("obs"),
             "final_observations": at("next_obs"),
             "states": at(state),

@@ -39,6 +39,7 @@ from macflow.data.imports.common import (
     final_note,
     per_file,
     reward_note,
+    source_fields,
     team_reward,
 )
 from macflow.data.imports.hdf5 import SUFFIXES, HdfSource, holds
@@ -201,43 +202,12 @@ class OmigaSource(HdfSource):
             )
 
     def _describe(self, f: h5py.File) -> None:
+        """Spec, quality, provenance and ``where``, from the shapes and the first rows."""
         opts, n = self.options, self.num_agents
         first = min(self.kept, opts.block_rows)
-        obs = raw_obs = np.asarray(f["o"][:first], np.float32)
-        self.agent_id = AgentId(obs, opts.strip_agent_id, self.notes, self.name, "o")
-        obs = self.agent_id(obs, lambda t, i, d: (self.name, "o", (t, i, d)))
-        obs_dim = obs.shape[2]
-
-        self.reducer = None
-        if not self.has_state:
-            states = obs.reshape(first, -1)
-            self.notes.append("states: the file has no 's'; observations concatenated")
-        else:
-            raw = np.asarray(f["s"][:first], np.float32)
-            self.state_size = raw.shape[-1]
-            if raw.ndim == 3:
-                if np.array_equal(raw, raw_obs):
-                    self.notes.append("s: equals o on the first rows (OMIGA's state is the obs)")
-                self.reducer = StateReducer(opts.state_reduction, raw, self.name, "s")
-                self.notes.append(self.reducer.note)
-                states = self.reducer(raw)
-            else:
-                states = raw
-        self.state_is_obs = not self.has_state or np.array_equal(states, obs.reshape(first, -1))
-        if self.has_state and self.state_is_obs:
-            self.notes.append(
-                "states: equal the concatenated observations (checked on every row), so the "
-                "dataset marks state_is_obs_concat"
-            )
-
-        self.per_agent_reward = f["r"].ndim == 2 and f["r"].shape[1] == n and n > 1
-        note = reward_note(opts.team_reward, self.per_agent_reward)
-        if note:
-            self.notes.append(note)
-        self.notes.append(final_note(opts.final, "the file"))
-        unused = sorted(set(f) - {*SNIFF, "s"})
-        if unused:
-            self.notes.append(f"datasets not kept: {unused}")
+        obs, raw_obs = self._find_agent_id(f, first)
+        states = self._first_states(f, first, obs, raw_obs)
+        self._note_rewards_and_keys(f)
 
         match = NAME.match(self.file.stem)
         task = match["task"] if match else self.file.stem
@@ -245,7 +215,7 @@ class OmigaSource(HdfSource):
         self.spec = EnvSpec(
             env_id=opts.env_id or f"omiga:{task}",
             num_agents=n,
-            obs_dim=obs_dim,
+            obs_dim=obs.shape[2],
             state_dim=int(states.shape[1]),
             action_dim=action_dim,
             discrete=False,
@@ -270,17 +240,62 @@ class OmigaSource(HdfSource):
             },
             "transformations": self.notes,
         }
-        state_key = "s" if self.has_state else "o"
-        self.where = {
-            "observations": Located(self.name, "o"),
-            "final_observations": Located(self.name, "o"),
-            "states": Located(self.name, state_key),
-            "final_states": Located(self.name, state_key),
-            "actions": Located(self.name, "a"),
-            "rewards": Located(self.name, "r"),
-            "terminals": Located(self.name, "d"),
-            "truncations": Located(self.name, "d"),
-        }
+        self.where = source_fields(
+            lambda key: Located(self.name, key),
+            observations="o",
+            states="s" if self.has_state else "o",
+            actions="a",
+            rewards="r",
+            terminals="d",
+        )
+
+    def _find_agent_id(self, f: h5py.File, first: int) -> tuple[np.ndarray, np.ndarray]:
+        """The ``first`` rows of ``o``, as imported (a one-hot agent id stripped if it is) and as
+        stored; sets ``agent_id``."""
+        obs = raw_obs = np.asarray(f["o"][:first], np.float32)
+        self.agent_id = AgentId(obs, self.options.strip_agent_id, self.notes, self.name, "o")
+        obs = self.agent_id(obs, lambda t, i, d: (self.name, "o", (t, i, d)))
+        return obs, raw_obs
+
+    def _first_states(
+        self, f: h5py.File, first: int, obs: np.ndarray, raw_obs: np.ndarray
+    ) -> np.ndarray:
+        """The global states of the ``first`` rows: the concatenated observations without ``s``,
+        else ``s`` (per-agent states reduced); sets ``reducer`` and ``state_is_obs``."""
+        self.reducer = None
+        if not self.has_state:
+            states = obs.reshape(first, -1)
+            self.notes.append("states: the file has no 's'; observations concatenated")
+        else:
+            raw = np.asarray(f["s"][:first], np.float32)
+            self.state_size = raw.shape[-1]
+            if raw.ndim == 3:
+                if np.array_equal(raw, raw_obs):
+                    self.notes.append("s: equals o on the first rows (OMIGA's state is the obs)")
+                self.reducer = StateReducer(self.options.state_reduction, raw, self.name, "s")
+                self.notes.append(self.reducer.note)
+                states = self.reducer(raw)
+            else:
+                states = raw
+        self.state_is_obs = not self.has_state or np.array_equal(states, obs.reshape(first, -1))
+        if self.has_state and self.state_is_obs:
+            self.notes.append(
+                "states: equal the concatenated observations (checked on every row), so the "
+                "dataset marks state_is_obs_concat"
+            )
+        return states
+
+    def _note_rewards_and_keys(self, f: h5py.File) -> None:
+        """The provenance notes of the team reward, the final observations and unused keys."""
+        opts, n = self.options, self.num_agents
+        self.per_agent_reward = f["r"].ndim == 2 and f["r"].shape[1] == n and n > 1
+        note = reward_note(opts.team_reward, self.per_agent_reward)
+        if note:
+            self.notes.append(note)
+        self.notes.append(final_note(opts.final, "the file"))
+        unused = sorted(set(f) - {*SNIFF, "s"})
+        if unused:
+            self.notes.append(f"datasets not kept: {unused}")
 
     def blocks(self) -> Iterator[Block]:
         opts = self.options

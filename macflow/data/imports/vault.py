@@ -34,6 +34,7 @@ from macflow.data.imports.common import (
     episode_blocks,
     final_note,
     reward_note,
+    source_fields,
     team_reward,
 )
 from macflow.data.schema import DatasetError
@@ -207,60 +208,15 @@ class VaultSource:
             )
 
     def _describe(self, obs_dim: int, shapes: dict[str, tuple]) -> None:
+        """Spec, quality, provenance and ``where``, from the stores and the first steps."""
         opts, n = self.options, self.num_agents
         lengths = np.concatenate([np.diff(np.concatenate([[-1], e])) for e in self.ends])
-        act = self.stores["actions."]
-        discrete = np.issubdtype(act.dtype.numpy_dtype, np.integer)
-        self.squeeze_actions = discrete and act.ndim == 4 and act.shape[3] == 1
-        if discrete:
-            if LEGALS in self.stores:
-                num_actions = int(self.stores[LEGALS].shape[-1])
-            else:
-                top = max(
-                    int(self._read("actions.", b, 0, self.kept[b]).max())
-                    for b in range(self.batch)
-                    if self.kept[b]
-                )
-                num_actions = top + 1
-                self.notes.append(
-                    f"legal_actions: the vault has no {LEGALS!r}; every action is legal and "
-                    f"the number of actions ({num_actions}) is the largest action taken + 1"
-                )
-            bounds: dict[str, Any] = {}
-        else:
-            num_actions = int(act.shape[3])
-            bounds = continuous_bounds(num_actions, opts.action_bound)
-            if LEGALS in self.stores:
-                self.notes.append(f"{LEGALS!r} not kept: the actions are continuous")
-
+        discrete, num_actions, bounds = self._action_space()
         first = self._read("observations.", 0, 0, min(self.kept[0] or 1, opts.block_rows))
         self.agent_id = AgentId(first, opts.strip_agent_id, self.notes, self.uid, "observations.")
         obs_dim = self.agent_id.size(obs_dim)
-
-        self.reducer = None
-        if STATE not in self.stores:
-            state_dim, concat = n * obs_dim, True
-            self.notes.append(f"states: the vault has no {STATE!r}; observations concatenated")
-        elif self.stores[STATE].ndim == 4:
-            self.reducer = StateReducer(
-                opts.state_reduction,
-                self._read(STATE, 0, 0, min(self.kept[0] or 1, opts.block_rows)),
-                str(self.uid),
-                STATE,
-            )
-            state_dim, concat = self.reducer.dim(n, int(self.stores[STATE].shape[3])), False
-            self.notes.append(self.reducer.note)
-        else:
-            state_dim, concat = int(self.stores[STATE].shape[2]), False
-        note = reward_note(opts.team_reward, self.stores["rewards."].ndim >= 3)
-        if note:
-            self.notes.append(note)
-        self.notes.append(final_note(opts.final, "the vault", legal=discrete))
-        if self.batch > 1:
-            self.notes.append(f"batch rows 0..{self.batch - 1} concatenated along time, in order")
-        unused = sorted(set(self.stores) - {*REQUIRED, STATE, LEGALS})
-        if unused:
-            self.notes.append(f"leaves not kept: {unused}")
+        state_dim, concat = self._state_dim(obs_dim)
+        self._note_rewards_and_leaves(discrete)
 
         scenario = self.uid.parent.name.removesuffix(".vlt")
         self.spec = EnvSpec(
@@ -284,18 +240,77 @@ class VaultSource:
             ],
             "transformations": self.notes,
         }
-        self.where = {
-            "observations": Located(str(self.uid), "observations."),
-            "final_observations": Located(str(self.uid), "observations."),
-            "actions": Located(str(self.uid), "actions."),
-            "rewards": Located(str(self.uid), "rewards."),
-            "terminals": Located(str(self.uid), "terminals."),
-            "truncations": Located(str(self.uid), "truncations."),
-            "states": Located(str(self.uid), STATE),
-            "final_states": Located(str(self.uid), STATE),
-            "legal_actions": Located(str(self.uid), LEGALS),
-            "final_legal_actions": Located(str(self.uid), LEGALS),
-        }
+        self.where = source_fields(
+            lambda leaf: Located(str(self.uid), leaf),
+            observations="observations.",
+            states=STATE,
+            actions="actions.",
+            rewards="rewards.",
+            terminals="terminals.",
+            truncations="truncations.",
+            legal=LEGALS,
+        )
+
+    def _action_space(self) -> tuple[bool, int, dict[str, Any]]:
+        """``(discrete, action_dim, bounds)``: integer actions are indices, their number from the
+        legal masks or else the largest action taken + 1; sets ``squeeze_actions``."""
+        act = self.stores["actions."]
+        discrete = np.issubdtype(act.dtype.numpy_dtype, np.integer)
+        self.squeeze_actions = discrete and act.ndim == 4 and act.shape[3] == 1
+        if discrete:
+            if LEGALS in self.stores:
+                num_actions = int(self.stores[LEGALS].shape[-1])
+            else:
+                top = max(
+                    int(self._read("actions.", b, 0, self.kept[b]).max())
+                    for b in range(self.batch)
+                    if self.kept[b]
+                )
+                num_actions = top + 1
+                self.notes.append(
+                    f"legal_actions: the vault has no {LEGALS!r}; every action is legal and "
+                    f"the number of actions ({num_actions}) is the largest action taken + 1"
+                )
+            return discrete, num_actions, {}
+        num_actions = int(act.shape[3])
+        if LEGALS in self.stores:
+            self.notes.append(f"{LEGALS!r} not kept: the actions are continuous")
+        return discrete, num_actions, continuous_bounds(num_actions, self.options.action_bound)
+
+    def _state_dim(self, obs_dim: int) -> tuple[int, bool]:
+        """``(state_dim, state_is_obs_concat)``: the concatenated observations without a state
+        leaf, else its state or per-agent states (reduced, decided on the first steps); sets
+        ``reducer``."""
+        opts, n = self.options, self.num_agents
+        self.reducer = None
+        if STATE not in self.stores:
+            self.notes.append(f"states: the vault has no {STATE!r}; observations concatenated")
+            return n * obs_dim, True
+        if self.stores[STATE].ndim == 4:
+            self.reducer = StateReducer(
+                opts.state_reduction,
+                self._read(STATE, 0, 0, min(self.kept[0] or 1, opts.block_rows)),
+                str(self.uid),
+                STATE,
+            )
+            state_dim = self.reducer.dim(n, int(self.stores[STATE].shape[3]))
+            self.notes.append(self.reducer.note)
+            return state_dim, False
+        return int(self.stores[STATE].shape[2]), False
+
+    def _note_rewards_and_leaves(self, discrete: bool) -> None:
+        """The provenance notes of the team reward, the final observations, the batch rows and
+        unused leaves."""
+        opts = self.options
+        note = reward_note(opts.team_reward, self.stores["rewards."].ndim >= 3)
+        if note:
+            self.notes.append(note)
+        self.notes.append(final_note(opts.final, "the vault", legal=discrete))
+        if self.batch > 1:
+            self.notes.append(f"batch rows 0..{self.batch - 1} concatenated along time, in order")
+        unused = sorted(set(self.stores) - {*REQUIRED, STATE, LEGALS})
+        if unused:
+            self.notes.append(f"leaves not kept: {unused}")
 
     def blocks(self) -> Iterator[Block]:
         opts = self.options
