@@ -48,11 +48,11 @@ def create_agents(algo: str | type, spec: Any, config: Any, seeds: Sequence[int]
     return jax.jit(jax.vmap(lambda k: cls.create(k, spec, config)))(seed_keys(seeds))
 
 
-@functools.lru_cache(maxsize=8)
 def make_chunk(batch_size: int):
     """The jitted K-update program ``(agents, aux, sampler, keys, start, stage, k) -> (agents,
     mean metrics, finite)``; ``aux`` is each seed's stage precomputation (or None), ``keys``
-    the seeds' data keys. Cached, so runs of one process share its compiled programs."""
+    the seeds' data keys. A new program per call (its executables go with it): a caller that
+    times it first passes it on to :func:`fit` so that nothing compiles twice."""
 
     def chunk(agents, aux, sampler, keys, start, stage, k):
         def body(agents, i):
@@ -113,13 +113,15 @@ def fit(
     start: int = 0,
     on_chunk: Callable[[Chunk], None] | None = None,
     on_prepare: Callable[[Stage], None] | None = None,
+    chunk: Callable | None = None,
 ) -> Any:
     """Train stacked ``agents`` (one per seed of ``seeds``) through ``stages`` from update
     ``start`` (stages already done are skipped) in jitted calls of at most ``log_every``
     updates; returns the trained agents. Raises :class:`TrainingDiverged` at the first call
     whose metrics hold a NaN or inf. ``on_prepare(stage)`` runs before a stage's
-    precomputation, ``on_chunk(chunk)`` after every call."""
-    chunk = make_chunk(batch_size)
+    precomputation, ``on_chunk(chunk)`` after every call; ``chunk`` is a program of
+    :func:`make_chunk` to reuse (default: a new one)."""
+    chunk = chunk or make_chunk(batch_size)
     keys = data_keys(seeds)
     step, offset, train_seconds = start, 0, 0.0
     for stage in stages:

@@ -336,14 +336,15 @@ def _columns(setup: _Setup, sampler: Any) -> list[str]:
     return columns
 
 
-def _estimate(cfg: TrainConfig, setup: _Setup, agents: Any, sampler: Any, step: int) -> str:
+def _estimate(
+    cfg: TrainConfig, setup: _Setup, agents: Any, sampler: Any, step: int, chunk: Any
+) -> str:
     """``estimate_text`` from timing a few updates of the current stage on a throw-away copy
     (after compiling them), so the estimate comes within seconds, not after a logged chunk."""
     stages = setup.stages
     ends = list(itertools.accumulate(s.steps for s in stages))
     first = next((i for i, end in enumerate(ends) if step < end), 0)
     k = min(cfg.log_every, 50)
-    chunk = make_chunk(cfg.batch_size)
     keys = data_keys(setup.seeds)
     probe = functools.partial(chunk, agents, None, sampler, keys, step, stages[first].name, k)
     jax.block_until_ready(probe())
@@ -438,12 +439,13 @@ def train(
         save_checkpoint(run, agents, 0)
 
     total = sum(s.steps for s in stages)
+    chunk = make_chunk(cfg.batch_size)
     say = console.print if console is not None else print
     say(plan_text(cfg, spec, setup.agent_config, stages, seeds))
     ends = itertools.accumulate(s.steps for s in stages)
     current = next((s for s, end in zip(stages, ends, strict=True) if step < end), stages[0])
     if total - step >= PROBE_FROM and not current.prepare:
-        say(_estimate(cfg, setup, agents, sampler, step))
+        say(_estimate(cfg, setup, agents, sampler, step, chunk))
     bar = progress_bar("rate", "eval", console=console, disable=not cfg.progress)
     with bar:
         task = bar.add_task(run.name, total=total, completed=step, rate="", eval="")
@@ -459,6 +461,7 @@ def train(
                 start=step,
                 on_chunk=after,
                 on_prepare=lambda s: bar.update(task, rate=f"preparing {s.name}"),
+                chunk=chunk,
             )
         except TrainingDiverged as err:
             raise TrainingDiverged(
