@@ -5,7 +5,8 @@
 Tasks (``make_env``, ``registered``), datasets (``load``, ``save``, ``collect`` from a scripted
 behaviour, ``Dataset``, ``Sampler``),
 training (``train`` with a ``TrainConfig``; ``load_run`` rebuilds a run's agents; the loop
-without a run directory: ``create_agents``, ``fit``), evaluation
+without a run directory: ``create_agents``, ``fit``), offline-to-online fine-tuning
+(``finetune`` with a ``FinetuneConfig``), evaluation
 (``evaluate``), the algorithms (``AGENTS``, ``get_agent``, the act modes) and the command line
 itself (``main(["train", ...])``). Every other module is internal.
 """
@@ -17,6 +18,7 @@ from macflow.data import Dataset, DatasetError, Sampler, load, save
 from macflow.data.collect import collect
 from macflow.envs import make_env, registered
 from macflow.evaluate import evaluate
+from macflow.finetune import FinetuneConfig, finetune
 from macflow.loop import TrainingDiverged, create_agents, fit
 from macflow.spec import EnvSpec
 from macflow.train import LoadedRun, Run, TrainConfig, load_run, train
@@ -27,6 +29,7 @@ __all__ = [
     "Dataset",
     "DatasetError",
     "EnvSpec",
+    "FinetuneConfig",
     "LoadedRun",
     "Run",
     "Sampler",
@@ -37,6 +40,7 @@ __all__ = [
     "collect",
     "create_agents",
     "evaluate",
+    "finetune",
     "fit",
     "get_agent",
     "load",

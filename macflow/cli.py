@@ -1,5 +1,5 @@
 """The ``macflow`` command: ``envs``, ``collect``, ``data info``, ``data import``, ``train``,
-``eval``, ``sweep`` and ``quickstart``.
+``eval``, ``finetune``, ``sweep`` and ``quickstart``.
 
 Thin by design: each command parses typed options (tyro, help text from field docstrings), calls
 the library and prints (``macflow.report``). Bad input ends with a one-line error and exit
@@ -8,7 +8,9 @@ status 2, not a traceback.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import errno
 import json
 import os
 import shlex
@@ -24,6 +26,7 @@ from tyro.extras import SubcommandApp
 from macflow import __version__, enable_compile_cache
 from macflow.data.collect import CollectOptions, collect_and_save
 from macflow.data.imports import DEFAULT_OPTIONS, Format, ImportOptions
+from macflow.finetune import FinetuneConfig
 from macflow.quickstart import Quickstart, run_quickstart
 from macflow.report import (
     console,
@@ -96,15 +99,31 @@ def _peek(argv: list[str]):
     return known
 
 
-def _task_spec(known):
-    """The spec the presets are resolved for: the dataset's, the task's, or a placeholder."""
+def _placeholder(agent_cls):
+    """A spec of the kind ``agent_cls`` supports, for presets shown without a dataset."""
     from macflow.spec import EnvSpec
+
+    spec = EnvSpec("any", 2, 1, 2, 1, False, 1, action_low=(-1.0,), action_high=(1.0,))
+    if agent_cls.supports(spec) is None:
+        return spec
+    return EnvSpec("any", 2, 1, 2, 2, True, 1)
+
+
+def _task_spec(known, agent_cls, helping: bool):
+    """The spec the presets are resolved for: the dataset's, the task's, or a placeholder.
+
+    ``--help`` has no side effects and never fails: it reads a macflow dataset's spec, but does
+    not convert a dataset of another format (minutes for a large one) or report a bad one."""
     from macflow.train import dataset_spec
 
-    spec = dataset_spec(known.dataset, known.task, _command())
-    if spec is None:
-        return EnvSpec("any", 2, 1, 2, 1, False, 1, action_low=(-1.0,), action_high=(1.0,))
-    return spec
+    if helping:
+        try:
+            if known.dataset and not (Path(known.dataset) / "meta.json").is_file():
+                return _placeholder(agent_cls)
+            return dataset_spec(known.dataset, known.task) or _placeholder(agent_cls)
+        except Exception:  # noqa: BLE001 (help shows the placeholder's defaults instead)
+            return _placeholder(agent_cls)
+    return dataset_spec(known.dataset, known.task, _command()) or _placeholder(agent_cls)
 
 
 def train_command(argv: list[str]) -> None:
@@ -121,9 +140,13 @@ def train_command(argv: list[str]) -> None:
         raise ValueError(
             f"{algo} has no preset {preset!r}; presets: {', '.join(agent_cls.presets)}"
         )
+    helping = any(a in ("-h", "--help") for a in argv)
+    spec = _task_spec(known, agent_cls, helping)
+    if helping and agent_cls.supports(spec) is not None:
+        spec = _placeholder(agent_cls)  # help for a task the algorithm cannot run
     default = TrainArgs(
         train=TrainConfig(algo=algo, preset=preset),
-        agent=agent_cls.presets[preset](_task_spec(known)),
+        agent=agent_cls.presets[preset](spec),
     )
     policy = (
         "centralised policy (it reads the global state)"
@@ -195,9 +218,11 @@ def info(
     from macflow.report import plot_returns
 
     ds = load(path, verify=verify)
-    for stale in leftovers(ds.path):
-        console.print(
-            f"[yellow]note:[/] an interrupted write left {stale}; delete it to free space"
+    for stale in leftovers(ds.path):  # notes go to stderr: stdout may be the JSON
+        Console(stderr=True).print(
+            f"[yellow]note:[/] an interrupted write left {escape(str(stale))}; delete it to "
+            "free space",
+            highlight=False,
         )
     if as_json:
         meta = read_meta(path)
@@ -264,6 +289,27 @@ def eval_command(
     console.print(f"written to {Path(run) / 'eval.json'}")
 
 
+FINETUNE_DEFAULTS = FinetuneConfig()
+
+
+def finetune_command(
+    run: tyro.conf.Positional[Path],
+    options: Annotated[FinetuneConfig, tyro.conf.arg(name="")] = FINETUNE_DEFAULTS,
+) -> None:
+    """Fine-tune an offline run online: its decentralised policies act in the real environment
+    and keep training with the same losses on batches mixing the dataset with the online
+    transitions (docs/finetune.md). Writes RUN/<name> (default RUN/finetune); `--resume`
+    continues it.
+
+    Args:
+        run: The offline run directory (written by `macflow train`).
+    """
+    from macflow.finetune import finetune
+
+    final = finetune(run, options, console=console, command=_command())
+    print_final(final, title=f"{run}: fine-tuned", console=console)
+
+
 def sweep(
     config: tyro.conf.Positional[Path],
     address: str | None = None,
@@ -297,6 +343,13 @@ def sweep(
     """
     from macflow.aggregate import write_results
     from macflow.sweep import load_sweep, run_sweep, sweep_out
+
+    if reps < 1:
+        raise ValueError(f"--reps must be >= 1, got {reps}")
+    if cpus_per_job is not None and not cpus_per_job > 0:
+        raise ValueError(f"--cpus-per-job must be > 0, got {cpus_per_job}")
+    if num_cpus is not None and num_cpus < 1:
+        raise ValueError(f"--num-cpus must be >= 1, got {num_cpus}")
 
     if aggregate_only:  # needs only the record, not the datasets
         out = out or sweep_out(config)
@@ -354,9 +407,45 @@ def _build_app() -> SubcommandApp:
     )
     app.command(train_help, name="train")
     app.command(eval_command, name="eval")
+    app.command(finetune_command, name="finetune")
     app.command(sweep)
     app.command(quickstart)
     return app
+
+
+def _dispatch() -> None:
+    if _ARGV[:1] == ["train"]:
+        train_command(_ARGV[1:])
+        return
+    _build_app().cli(
+        prog="macflow",
+        description=f"macflow {__version__}: offline MARL with MAC-Flow.",
+        args=_ARGV,
+    )
+
+
+@contextlib.contextmanager
+def _values_in_one_line():
+    """A value a config rejects (``--agent.lr -1``) ends as every bad input does, in one line:
+    tyro would draw its multi-line box. The hook is tyro's (marked unstable), so without it the
+    box is shown instead."""
+    errors = getattr(tyro, "_errors", None)
+    failure = getattr(errors, "InstantiationFailure", None)
+    if failure is None or not hasattr(errors, "on_parse_error"):
+        yield
+        return
+
+    def hook(event) -> None:
+        if isinstance(event, failure):
+            message = str(event.message).removeprefix("error: ")
+            arg = getattr(event, "argument", None)
+            flags = getattr(getattr(arg, "lowered", None), "name_or_flags", None)
+            if flags and not any(f in message for f in flags):
+                message = f"{'/'.join(flags)}: {message}"
+            raise ValueError(message)
+
+    with errors.on_parse_error(hook):
+        yield
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -372,25 +461,39 @@ def main(argv: list[str] | None = None) -> None:
     _ARGV[:] = sys.argv[1:] if argv is None else argv
     enable_compile_cache()
     try:
-        if _ARGV[:1] == ["train"]:
-            train_command(_ARGV[1:])
-            return
-        _build_app().cli(
-            prog="macflow",
-            description=f"macflow {__version__}: offline MARL with MAC-Flow.",
-            args=_ARGV,
-        )
+        with _values_in_one_line():
+            _dispatch()
     except TrainingDiverged as err:
         Console(stderr=True).print(
             f"[bold red]training stopped:[/] {escape(str(err))}", highlight=False
         )
         sys.exit(3)
-    except (DatasetError, FileExistsError, ValueError, ImportError) as err:
+    except (DatasetError, FileExistsError, ValueError, ImportError, OSError) as err:
         if os.environ.get("MACFLOW_DEBUG"):
             raise
-        text = escape(missing_extra(err) if isinstance(err, ImportError) else str(err))
-        Console(stderr=True).print(f"[bold red]error:[/] {text}", highlight=False, soft_wrap=True)
-        sys.exit(2)
+        _fail(err)
+    except KeyboardInterrupt:
+        Console(stderr=True).print("[yellow]interrupted[/]", highlight=False)
+        sys.exit(130)
+
+
+def _fail(err: Exception) -> None:
+    """The one-line error of ``err`` on stderr, and exit status 2."""
+    if isinstance(err, ImportError):
+        text = missing_extra(err)
+    elif isinstance(err, OSError) and not isinstance(err, FileExistsError) and err.filename:
+        # "PATH: Permission denied" rather than "[Errno 13] Permission denied: 'PATH'"
+        where = f"{err.filename}" + (f" -> {err.filename2}" if err.filename2 else "")
+        text = f"{where}: {err.strerror or err}"
+        if err.errno == errno.ENOSPC:
+            again = "continue with --resume" if _ARGV[:1] == ["train"] else "run it again"
+            text += f" (free some space and {again}; nothing half-written is kept)"
+    else:
+        text = str(err)
+    Console(stderr=True).print(
+        f"[bold red]error:[/] {escape(text)}", highlight=False, soft_wrap=True
+    )
+    sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -77,6 +77,8 @@ def evaluate(
     ``chunk`` runs the episodes in batches of that size, reusing one compiled program (e.g. the
     final evaluation's 10x episodes run through the periodic evaluation's program).
     """
+    if episodes < 1:
+        raise ValueError(f"episodes must be >= 1, got {episodes}")
     seeds = jax.tree.leaves(agents)[0].shape[0]
     chunk = min(chunk or episodes, episodes)
     run = (_host_evaluator if env.host else _evaluator)(env, chunk, mode)

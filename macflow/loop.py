@@ -93,12 +93,15 @@ class Chunk(NamedTuple):
     """Wall clock of ``fit``'s updates and stage preparations so far (compilation included)."""
 
 
-def _check_finite(finite: dict, seeds: Sequence[int], step: int, k: int, stage: str) -> None:
+def check_finite(
+    finite: dict, seeds: Sequence[int], step: int, k: int, stage: str, unit: str = "updates"
+) -> None:
+    """Raise :class:`TrainingDiverged` naming the first metric and seed that is not finite."""
     for metric, ok in finite.items():
         bad = np.flatnonzero(~np.asarray(ok))
         if bad.size:
             raise TrainingDiverged(
-                f"loss '{metric}' became NaN/inf for seed {seeds[bad[0]]} between updates {step} "
+                f"loss '{metric}' became NaN/inf for seed {seeds[bad[0]]} between {unit} {step} "
                 f"and {step + k} (stage {stage}); stopped."
             )
 
@@ -140,7 +143,7 @@ def fit(
             means, finite = jax.device_get((means, finite))
             dt = time.perf_counter() - t0
             train_seconds += dt
-            _check_finite(finite, seeds, step, k, stage.name)
+            check_finite(finite, seeds, step, k, stage.name)
             step += k
             if on_chunk is not None:
                 on_chunk(Chunk(agents, step, stage, offset, k, means, dt, train_seconds))

@@ -58,6 +58,14 @@ class Quickstart:
     flow_bc: bool = False
     """Also train flow-BC (no Q term) for comparison."""
 
+    def __post_init__(self):
+        for name in ("transitions", "behaviour_steps", "teacher_steps", "steps"):
+            if getattr(self, name) < 1:
+                flag = "--" + name.replace("_", "-")
+                raise ValueError(f"{flag} must be >= 1, got {getattr(self, name)}")
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"--seeds must be distinct and non-empty, got {self.seeds}")
+
 
 def train_runs(
     options: Quickstart, ds, command: str | None, console: Console

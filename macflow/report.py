@@ -162,7 +162,12 @@ def print_final(final: dict, title: str, console: Console | None = None) -> None
             table.add_row(mode, str(seed), *stats, norm, win)
     out = _out(console)
     out.print(table)
-    out.print(f"{final['episodes']} episodes per seed and mode, after {final['step']} updates.")
+    after = (
+        f"{final['env_steps']:,} environment steps of fine-tuning"
+        if "env_steps" in final
+        else f"{final['step']} updates"
+    )
+    out.print(f"{final['episodes']} episodes per seed and mode, after {after}.")
 
 
 def print_comparison(

@@ -58,7 +58,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from macflow.files import write_atomic
+from macflow.files import hold, write_atomic
 
 FINAL = "final.json"
 TOP_LEVEL = {
@@ -420,11 +420,18 @@ def run_sweep(
     num_cpus: int | None = None,
     echo=print,
 ) -> dict:
-    """Run every unfinished job of ``sweep`` on Ray; returns (and writes) ``sweep.json``."""
+    """Run every unfinished job of ``sweep`` on Ray; returns (and writes) ``sweep.json``.
+
+    One sweep at a time per ``out``: a second is refused while the first runs (``files.hold``)."""
+    sweep.out.mkdir(parents=True, exist_ok=True)
+    with hold(sweep.out / "sweep.json"):
+        return _run_sweep(sweep, address, cpus_per_job, num_cpus, echo)
+
+
+def _run_sweep(sweep: Sweep, address, cpus_per_job, num_cpus, echo) -> dict:
     import ray
 
     out = sweep.out
-    out.mkdir(parents=True, exist_ok=True)
     record_path = out / "sweep.json"
     old = json.loads(record_path.read_text()) if record_path.exists() else {}
     # Jobs no longer in the sweep file are dropped from the record (their run directories stay).

@@ -5,10 +5,19 @@ every seed per jitted call and checks them for NaN/inf; after each call this mod
 averaged metrics, evaluates the decentralised policy and writes an atomic checkpoint when due,
 and at the end runs the final evaluation (``final.json``). Every evaluation row carries
 ``train_seconds``: the wall clock spent so far on updates and stage preparation (compilation
-included; evaluations and checkpoints excluded), counted from the start of this process's
-training (it restarts at 0 on ``--resume``). Batches are drawn with keys derived from (seed,
-update number) and the agents carry their own RNG, so a resumed run repeats exactly what an
-uninterrupted one computes.
+included; evaluations and checkpoints excluded), saved with each checkpoint so that ``--resume``
+continues the count (the time a killed process spent after its last checkpoint is lost). Batches
+are drawn with keys derived from (seed, update number) and the agents carry their own RNG, so a
+resumed run repeats exactly what an uninterrupted one computes.
+
+One process at a time writes a run: ``train`` holds the run directory's lock
+(:func:`macflow.files.hold`) from the check that it exists to the end of the final evaluation,
+and refuses a second writer. A run directory appears whole: ``config.json`` and the update-0
+checkpoint are written into a hidden sibling (``.NAME.tmp-PID``) that is renamed into place, and
+a start killed before the rename leaves only that sibling, which the next start removes. So a
+kill at any moment leaves a run that ``--resume`` completes to the files an uninterrupted run
+writes: it drops what was logged after the checkpoint and whatever the final evaluation wrote
+(recomputed identically), and a torn last line of a log (see :mod:`macflow.runs`).
 """
 
 from __future__ import annotations
@@ -16,8 +25,11 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import functools
+import glob
 import itertools
 import json
+import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -32,7 +44,7 @@ from macflow.data import Sampler, load
 from macflow.data.imports import cached_import
 from macflow.envs import entry, make_env
 from macflow.evaluate import evaluate, final_evaluation
-from macflow.files import write_atomic
+from macflow.files import Busy, fsync_dir, hold, write_atomic
 from macflow.loop import (
     Chunk,
     TrainingDiverged,
@@ -43,7 +55,15 @@ from macflow.loop import (
     seed_keys,
 )
 from macflow.progress import progress_bar
-from macflow.runs import CHECKPOINT, RunLog, load_checkpoint, save_checkpoint
+from macflow.runs import (
+    CHECKPOINT,
+    RECORD,
+    RunLog,
+    load_checkpoint,
+    read_record,
+    remove_leftovers,
+    save_checkpoint,
+)
 from macflow.spec import EnvSpec
 
 
@@ -81,7 +101,7 @@ class TrainConfig:
     out: Path = Path("runs")
     """Parent directory of run directories."""
     name: str | None = None
-    """Run directory name (default: ``<task>-<algo>-<time>``)."""
+    """Run directory name inside ``out`` (default: ``<task>-<algo>-<time>``)."""
     resume: bool = False
     """Continue the run in ``out/name`` from its checkpoint (``steps`` may be raised)."""
     tensorboard: bool = False
@@ -102,6 +122,14 @@ class TrainConfig:
                 )
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"--seeds must be distinct and non-empty, got {self.seeds}")
+        name = self.name
+        seps = [c for c in (os.sep, os.altsep) if c]
+        if name is not None and (not name or name.startswith(".") or any(c in name for c in seps)):
+            # A hidden name could be another run's lock or temporary directory.
+            raise ValueError(
+                f"--name {name!r} must be a plain directory name inside --out: not empty, "
+                "without a path separator, not starting with '.'"
+            )
 
 
 def default_dataset(task: str, episodes: int = 10_000) -> Path:
@@ -110,13 +138,22 @@ def default_dataset(task: str, episodes: int = 10_000) -> Path:
     from macflow.data.collect import collect
 
     path = cache_root() / "datasets" / task.replace("/", "-") / "scripted"
-    if not (path / "meta.json").exists():
+    waiting = False
+    while not (path / "meta.json").exists():
         e = entry(task)
         behaviour = e.behaviour_cls()
         if behaviour is None:
             raise ValueError(f"{task} has no scripted data generator; pass --dataset")
-        print(f"collecting the default dataset of {task} into {path}", file=sys.stderr)
-        save(collect(e.env_cls()(), behaviour(), episodes), path)
+        try:
+            with hold(path):
+                if not (path / "meta.json").exists():  # else collected while we waited
+                    print(f"collecting the default dataset of {task} into {path}", file=sys.stderr)
+                    save(collect(e.env_cls()(), behaviour(), episodes), path)
+        except Busy:  # another run collects it (e.g. a sweep's job): wait and use it
+            if not waiting:
+                print(f"waiting for the other process collecting {path}", file=sys.stderr)
+                waiting = True
+            time.sleep(0.5)
     return path
 
 
@@ -299,29 +336,82 @@ def _setup(cfg: TrainConfig, agent_config: Any, command: str | None) -> _Setup:
     return _Setup(ds, env, agent_cls, agent_config, stages, list(cfg.seeds), run, record)
 
 
-def _open(cfg: TrainConfig, setup: _Setup, agents: Any) -> tuple[Any, int]:
-    """Check a ``--resume`` against the run's record and load its checkpoint, or refuse to
-    overwrite a run; writes ``config.json``. Returns the agents and the update to start from."""
-    run, record = setup.run, setup.record
-    step = 0
+def _open(cfg: TrainConfig, setup: _Setup, log: RunLog) -> tuple[Any, int, float]:
+    """Create the run directory, or check a ``--resume`` against it and load its checkpoint;
+    refuse to overwrite a run. Called holding the run's lock. Returns the agents, the update to
+    start from and the train seconds so far."""
+    run = setup.run
+    # Only the lock's holder makes temporary run directories: any there now are of killed starts.
+    stale = sorted(run.parent.glob(f".{glob.escape(run.name)}.tmp-*"))
+    for path in stale:
+        shutil.rmtree(path)
+    if run.exists():
+        if not cfg.resume:
+            raise ValueError(f"{run} exists; pass --resume to continue it or choose another --name")
+        return _resume(cfg, setup, log)
     if cfg.resume:
-        if not (run / CHECKPOINT).exists():
-            raise ValueError(f"--resume: no checkpoint at {run / CHECKPOINT}")
-        old = json.loads((run / "config.json").read_text())
-        for key in ("algo", "agent", "dataset", "spec"):
-            if old[key] != json.loads(json.dumps(record[key])):
-                raise ValueError(f"--resume: the run's {key} differs from this command's")
-        for key in ("seeds", "batch_size", "log_every"):
-            if old["train"][key] != record["train"][key]:
-                raise ValueError(
-                    f"--resume: --{key.replace('_', '-')} must stay {old['train'][key]}"
-                )
-        agents, step = load_checkpoint(run, agents)
-    elif run.exists():
-        raise ValueError(f"{run} exists; pass --resume to continue it or choose another --name")
-    run.mkdir(parents=True, exist_ok=True)
-    write_atomic(run / "config.json", json.dumps(record, indent=2))
-    return agents, step
+        if not stale:
+            raise ValueError(f"--resume: there is no run at {run} (start it without --resume)")
+        print(f"note: a start of {run} was killed before it existed: starting it", file=sys.stderr)
+    return _create(setup)
+
+
+def _create(setup: _Setup) -> tuple[Any, int, float]:
+    """Build ``config.json`` and the update-0 checkpoint in a hidden sibling and rename it into
+    place: a run directory, once it exists, can always be resumed."""
+    run = setup.run
+    tmp = run.parent / f".{run.name}.tmp-{os.getpid()}"
+    tmp.mkdir()
+    try:
+        write_atomic(tmp / RECORD, json.dumps(setup.record, indent=2))
+        agents = create_agents(setup.agent_cls, setup.ds.spec, setup.agent_config, setup.seeds)
+        save_checkpoint(tmp, agents, 0)
+        fsync_dir(tmp / CHECKPOINT.parent)
+        fsync_dir(tmp)
+        os.rename(tmp, run)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    fsync_dir(run.parent)
+    return agents, 0, 0.0
+
+
+def _resume(cfg: TrainConfig, setup: _Setup, log: RunLog) -> tuple[Any, int, float]:
+    """Check the run against this command, load its checkpoint and drop what it logged after
+    it; nothing is written before every check passed."""
+    run, record = setup.run, setup.record
+    config, checkpoint = run / RECORD, run / CHECKPOINT
+    if not config.exists():
+        if checkpoint.exists():
+            raise ValueError(f"--resume: {config} is missing: the checkpoint cannot be resumed")
+        raise ValueError(f"--resume: {run} is not a run directory (no {RECORD})")
+    old = read_record(run)
+    for key in ("algo", "agent", "dataset", "spec"):
+        if old[key] != json.loads(json.dumps(record[key])):
+            raise ValueError(f"--resume: the run's {key} ({config}) differs from this command's")
+    for key in ("seeds", "batch_size", "log_every"):
+        if old["train"].get(key) != record["train"][key]:
+            raise ValueError(
+                f"--resume: --{key.replace('_', '-')} must stay {old['train'].get(key)} ({config})"
+            )
+    agents = create_agents(setup.agent_cls, setup.ds.spec, setup.agent_config, setup.seeds)
+    step, seconds = 0, 0.0
+    if checkpoint.exists():
+        agents, step, seconds = load_checkpoint(run, agents)
+    else:  # made before run directories appeared whole, and killed before its first checkpoint
+        print(f"note: {run} has no checkpoint yet: resuming it from update 0", file=sys.stderr)
+    total = sum(s.steps for s in setup.stages)
+    if step > total:
+        raise ValueError(
+            f"--resume: the checkpoint {checkpoint} is at update {step}, past the {total} updates "
+            f"of --steps {cfg.steps}; pass --steps {cfg.steps + step - total} or more"
+        )
+    log.resume(step)
+    remove_leftovers(run)
+    write_atomic(config, json.dumps(record, indent=2))
+    if not checkpoint.exists():
+        save_checkpoint(run, agents, 0)
+    return agents, step, seconds
 
 
 def _columns(setup: _Setup, sampler: Any) -> list[str]:
@@ -358,13 +448,14 @@ class _Schedule:
     """What ``train`` does after every jitted call: log, evaluate when due, checkpoint, and
     move the progress bar."""
 
-    def __init__(self, cfg: TrainConfig, setup: _Setup, log: RunLog, bar, task, step: int):
+    def __init__(self, cfg: TrainConfig, setup: _Setup, log: RunLog, bar, task, step, seconds):
         self.cfg, self.setup, self.log, self.bar, self.task = cfg, setup, log, bar, task
-        self.last_good, self.train_seconds, self.latest = step, 0.0, ""
+        self.last_good, self.latest = step, ""
+        self.before = self.train_seconds = seconds  # those of the run before this process
 
     def __call__(self, c: Chunk) -> None:
         cfg, seeds, env = self.cfg, self.setup.seeds, self.setup.env
-        self.train_seconds = c.train_seconds
+        self.train_seconds = self.before + c.train_seconds
         per_seed = [{m: float(v[i]) for m, v in c.means.items()} for i in range(len(seeds))]
         self.log.train(c.step, c.stage.name, per_seed, seeds)
         due = cfg.eval_every and (c.step - c.offset) % cfg.eval_every == 0
@@ -372,14 +463,14 @@ class _Schedule:
             for mode in ACT_MODES:
                 key = jax.random.fold_in(EVAL_KEY, c.step)
                 res = evaluate(env, c.agents, key, cfg.eval_episodes, mode, self.reference)
-                timed = [r | {"train_seconds": round(c.train_seconds, 3)} for r in res]
+                timed = [r | {"train_seconds": round(self.train_seconds, 3)} for r in res]
                 self.log.evaluation(c.step, mode, timed, seeds)
                 if mode == "sample":
                     self.log.marl_eval(self.env_id, cfg.algo, c.step, res, seeds)
                     self.latest = f"return {np.mean([r['return_mean'] for r in res]):.4g}"
         end = c.offset + c.stage.steps
         if (cfg.checkpoint_every and c.step % cfg.checkpoint_every == 0) or c.step == end:
-            save_checkpoint(self.setup.run, c.agents, c.step)
+            save_checkpoint(self.setup.run, c.agents, c.step, self.train_seconds)
             self.last_good = c.step
         rate = f"{c.updates / c.seconds:,.0f} upd/s"
         self.bar.update(self.task, completed=c.step, rate=rate, eval=self.latest)
@@ -426,17 +517,24 @@ def train(
     """Train ``cfg.algo`` with ``agent_config`` (default: its ``cfg.preset`` for the dataset's
     task); see the module docstring. ``console``: a ``rich`` console for the progress bar;
     ``command``: the command line recorded in ``config.json`` (``macflow train`` passes its own).
+    Raises :class:`macflow.files.Busy` while another process writes the same run.
     """
     setup = _setup(cfg, agent_config, command)
+    if setup.env is None:
+        print(
+            f"note: no evaluation: {setup.ds.spec.env_id} is not a task macflow can run "
+            "(`macflow envs` lists them), so the policy trains without being evaluated",
+            file=sys.stderr,
+        )
+    with hold(setup.run, command):
+        return _train(cfg, setup, console)
+
+
+def _train(cfg: TrainConfig, setup: _Setup, console) -> Run:
     spec, stages, seeds, run = setup.ds.spec, setup.stages, setup.seeds, setup.run
-    agents = create_agents(setup.agent_cls, spec, setup.agent_config, seeds)
-    agents, step = _open(cfg, setup, agents)
     sampler = Sampler.from_dataset(setup.ds)
     log = RunLog(run, _columns(setup, sampler), cfg.tensorboard)
-    if cfg.resume:
-        log.truncate_after(step)
-    else:
-        save_checkpoint(run, agents, 0)
+    agents, step, seconds = _open(cfg, setup, log)
 
     total = sum(s.steps for s in stages)
     chunk = make_chunk(cfg.batch_size)
@@ -449,7 +547,7 @@ def train(
     bar = progress_bar("rate", "eval", console=console, disable=not cfg.progress)
     with bar:
         task = bar.add_task(run.name, total=total, completed=step, rate="", eval="")
-        after = _Schedule(cfg, setup, log, bar, task, step)
+        after = _Schedule(cfg, setup, log, bar, task, step, seconds)
         try:
             agents = fit(
                 agents,
@@ -505,17 +603,31 @@ class LoadedRun(NamedTuple):
 
 
 def load_run(run: Path) -> LoadedRun:
-    """``(record, agent_cls, agent_config, agents, step)`` of a run directory's checkpoint."""
+    """``(record, agent_cls, agent_config, agents, step)`` of a run directory's checkpoint; a
+    path that is not a run, or a damaged run, is a ValueError naming the file at fault."""
     run = Path(run)
-    if not (run / "config.json").exists():
-        raise ValueError(f"{run} is not a run directory (no config.json)")
-    record = json.loads((run / "config.json").read_text())
-    agent_cls = get_agent(record["algo"])
-    agent_config = config_from_json(agent_cls.Config, record["agent"])
-    spec = EnvSpec.from_dict(record["spec"])
-    template = create_agents(agent_cls, spec, agent_config, record["train"]["seeds"])
-    agents, step = load_checkpoint(run, template)
+    if not run.exists():
+        raise ValueError(f"{run} does not exist (give a run directory of `macflow train`)")
+    if not (run / RECORD).is_file():
+        raise ValueError(f"{run} is not a run directory (no {RECORD})")
+    record = read_record(run)
+    try:
+        agent_cls = get_agent(record["algo"])
+        agent_config = config_from_json(agent_cls.Config, record["agent"])
+        spec = EnvSpec.from_dict(record["spec"])
+        seeds = list(record["train"]["seeds"])
+    except (ValueError, KeyError, TypeError) as err:
+        raise ValueError(f"{run / RECORD} cannot be rebuilt into a run: {_says(err)}") from None
+    template = create_agents(agent_cls, spec, agent_config, seeds)
+    agents, step, _ = load_checkpoint(run, template)
     return LoadedRun(record, agent_cls, agent_config, agents, step)
+
+
+def _says(err: Exception) -> str:
+    """An exception's message (a KeyError's without the quotes str() adds)."""
+    if isinstance(err, KeyError) and len(err.args) == 1:
+        return f"no {err.args[0]!r}" if type(err) is KeyError else str(err.args[0])
+    return str(err)
 
 
 def evaluate_run(run: Path, episodes: int | None = None, seed: int = 0) -> dict:
@@ -523,19 +635,24 @@ def evaluate_run(run: Path, episodes: int | None = None, seed: int = 0) -> dict:
     returns ``run/eval.json``. ``episodes`` defaults to the run's final-evaluation count."""
     from macflow.data import read_meta
 
+    if episodes is not None and episodes < 1:
+        raise ValueError(f"--episodes must be >= 1, got {episodes}")
     record, _, _, agents, step = load_run(run)
     try:
-        env = make_env(record["dataset"]["env_id"], **record["dataset"]["env_kwargs"])
-    except KeyError as err:
-        raise ValueError(f"{run} cannot be evaluated: {err.args[0]}") from err
-    train = record["train"]
-    episodes = episodes or train["eval_episodes"] * train["final_eval_factor"]
-    reference = None
-    if Path(train["dataset"], "meta.json").exists():
+        dataset, train = record["dataset"], record["train"]
+        env_id, env_kwargs = dataset["env_id"], dataset["env_kwargs"]
+        episodes = episodes or train["eval_episodes"] * train["final_eval_factor"]
+        chunk, seeds = train["eval_episodes"], train["seeds"]
+    except (KeyError, TypeError) as err:
+        raise ValueError(f"{Path(run) / RECORD} cannot be evaluated: {_says(err)}") from None
+    try:
+        env = make_env(env_id, **env_kwargs)
+    except (KeyError, TypeError) as err:
+        raise ValueError(f"{run} cannot be evaluated: {_says(err)}") from err
+    reference = None  # the dataset's, if it is still there
+    if isinstance(train.get("dataset"), str) and Path(train["dataset"], "meta.json").is_file():
         reference = read_meta(train["dataset"])["reference_returns"]
     key = jax.random.PRNGKey(seed)
-    final, _ = final_evaluation(
-        env, agents, key, episodes, train["eval_episodes"], reference, step, train["seeds"]
-    )
+    final, _ = final_evaluation(env, agents, key, episodes, chunk, reference, step, seeds)
     write_atomic(Path(run) / "eval.json", json.dumps(final, indent=2))
     return final

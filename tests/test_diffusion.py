@@ -199,7 +199,7 @@ def test_presets_and_config_errors():
         assert (paper.timesteps, paper.sampler, paper.q_weight) == (200, "ddpm", 0.0)
         assert paper.hidden == (512,) * 4
         assert cls.presets["ql"](builders.spec(discrete)).q_weight > 0
-    with pytest.raises(ValueError, match="ddim_steps"):
+    with pytest.raises(ValueError, match="--agent.ddim-steps"):
         DiffusionConfig(timesteps=10, ddim_steps=15)
     with pytest.raises(ValueError, match="eta"):
         DiffusionConfig(eta=2.0)

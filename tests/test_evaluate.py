@@ -52,3 +52,10 @@ def test_chunked_evaluation_reuses_one_program_and_keeps_the_count():
     whole = evaluate(env, agents, jax.random.PRNGKey(0), 50, "sample", chunk=20)
     assert len(whole[0]["returns"]) == 50
     assert "normalised_score" not in whole[0] and "win_rate" not in whole[0]
+
+
+@pytest.mark.parametrize("episodes", [0, -1])
+def test_evaluating_fewer_than_one_episode_is_refused(episodes):
+    env = make_env("toy/xor")
+    with pytest.raises(ValueError, match="episodes must be >= 1"):
+        evaluate(env, _agents(env.spec, seeds=1), jax.random.PRNGKey(0), episodes)

@@ -6,12 +6,12 @@ import shutil
 import numpy as np
 import pytest
 from test_cli_train import TINY
-from vaults import smac_like, write_vault
 
 from macflow.data import DatasetError, load
 from macflow.data.imports import ImportOptions, detect, import_dataset
 
 from test_cli import run
+from vaults import smac_like, write_vault
 
 pytest.importorskip("flashbax")
 

@@ -25,6 +25,7 @@ where its own method differs by kind.
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any, NamedTuple, Protocol
 
 import jax
@@ -97,6 +98,46 @@ class AgentBase:
     @property
     def space(self) -> ActionSpace:
         return action_space(self.spec)
+
+
+_POSITIVE = ("lr", "critic_lr", "tau", "beta", "critic_beta", "max_weight", "exp_max")
+_AT_LEAST_ONE = (
+    "critic_heads", "flow_steps", "policy_delay", "timesteps", "ddim_steps", "guide_steps",
+    "target_period", "mixer_hidden",
+)  # fmt: skip
+_NON_NEGATIVE = (
+    "alpha", "q_weight", "cql", "grad_clip", "policy_noise", "noise_clip", "act_noise",
+    "eta",
+)  # fmt: skip
+_UNIT = {"discount": (0.0, 1.0), "tau": (0.0, 1.0), "ema": (0.0, 1.0)}
+
+
+def check_config(config: Any) -> None:
+    """The checks every agent config shares, by field name: finite numbers, learning rates and
+    temperatures > 0, counts >= 1, coefficients >= 0, discount in [0, 1], tau in (0, 1], layer
+    widths >= 1. Raises ``ValueError`` naming the ``--agent.*`` flag (configs call it in
+    ``__post_init__``, so a bad command line fails before anything runs)."""
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        flag = "--agent." + f.name.replace("_", "-")
+        if isinstance(value, bool):
+            continue
+        if isinstance(value, float | int) and not math.isfinite(value):
+            raise ValueError(f"{flag} must be a finite number, got {value}")
+        if f.name in _POSITIVE and value <= 0:
+            raise ValueError(f"{flag} must be > 0, got {value}")
+        if f.name in _AT_LEAST_ONE and value < 1:
+            raise ValueError(f"{flag} must be >= 1, got {value}")
+        if f.name in _NON_NEGATIVE and value < 0:
+            raise ValueError(f"{flag} must be >= 0, got {value}")
+        if f.name in _UNIT:
+            low, high = _UNIT[f.name]
+            if not low <= value <= high:
+                raise ValueError(f"{flag} must lie in [{low:g}, {high:g}], got {value}")
+        if f.name.endswith("hidden"):
+            widths = value if isinstance(value, tuple) else (value,)
+            if any(not isinstance(w, int) or w < 1 for w in widths):
+                raise ValueError(f"{flag} widths must be integers >= 1, got {value}")
 
 
 def adam_step(lr: float, params, grads, opt_state):

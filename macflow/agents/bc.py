@@ -42,7 +42,7 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
-from macflow.agents.base import AgentBase, Stage, adam_step, masked_logits, small
+from macflow.agents.base import AgentBase, Stage, adam_step, check_config, masked_logits, small
 from macflow.nn import MLP, agent_ids
 from macflow.spec import EnvSpec
 
@@ -67,6 +67,7 @@ class BCConfig:
     """Continuous: dataset actions are clipped to ``[-1 + eps, 1 - eps]`` before ``atanh``."""
 
     def __post_init__(self):
+        check_config(self)
         if not self.hidden or min(self.hidden) < 1:
             raise ValueError(f"hidden must be non-empty positive widths, got {self.hidden}")
         if self.lr <= 0:

@@ -97,7 +97,7 @@ import numpy as np
 import optax
 from flax import struct
 
-from macflow.agents.base import AgentBase, Stage, adam_step, polyak, small
+from macflow.agents.base import AgentBase, Stage, adam_step, check_config, polyak, small
 from macflow.nn import JointVelocity, utilities
 from macflow.spec import EnvSpec
 
@@ -147,6 +147,7 @@ class DiffusionConfig:
     0: use the online weights."""
 
     def __post_init__(self):
+        check_config(self)
         problems = []
         if not self.hidden or min(self.hidden) < 1:
             problems.append(f"hidden must be non-empty positive widths, got {self.hidden}")
@@ -155,7 +156,8 @@ class DiffusionConfig:
         for name in ("ddim_steps", "guide_steps"):
             value = getattr(self, name)
             if not 1 <= value <= self.timesteps:
-                problems.append(f"{name} must be in [1, timesteps={self.timesteps}], got {value}")
+                flag = "--agent." + name.replace("_", "-")
+                problems.append(f"{flag} must be in [1, timesteps={self.timesteps}], got {value}")
         if self.schedule not in ("cosine", "vp"):
             problems.append(f"schedule must be 'cosine' or 'vp', got {self.schedule!r}")
         if self.sampler not in ("ddpm", "ddim"):

@@ -66,7 +66,15 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
-from macflow.agents.base import AgentBase, Stage, clipped_step, linear_mix, require, small
+from macflow.agents.base import (
+    AgentBase,
+    Stage,
+    check_config,
+    clipped_step,
+    linear_mix,
+    require,
+    small,
+)
 from macflow.nn import MLP, LinearMixer, agent_ids, pick
 from macflow.spec import EnvSpec
 
@@ -104,6 +112,7 @@ class ICQConfig:
     """Copy the critic and mixer into their targets every this many updates."""
 
     def __post_init__(self):
+        check_config(self)
         widths = (*self.actor_hidden, *self.critic_hidden, self.mixer_hidden)
         if not self.actor_hidden or not self.critic_hidden or min(widths) < 1:
             raise ValueError(f"hidden widths must be non-empty and >= 1: {self}")

@@ -58,6 +58,7 @@ from macflow.agents.base import (
     Stage,
     adam_step,
     categorical_kl,
+    check_config,
     masked_logits,
     mix,
     polyak,
@@ -146,6 +147,7 @@ class MACFlowConfig:
     """Adam learning rate of every network."""
 
     def __post_init__(self):
+        check_config(self)
         if (
             self.flow_steps < 1
             or self.critic_heads < 1

@@ -58,7 +58,16 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
-from macflow.agents.base import AgentBase, Stage, adam_step, masked_logits, mix, polyak, small
+from macflow.agents.base import (
+    AgentBase,
+    Stage,
+    adam_step,
+    check_config,
+    masked_logits,
+    mix,
+    polyak,
+    small,
+)
 from macflow.nn import MLP, Critic, QMixer, agent_ids, pick, utilities
 from macflow.spec import EnvSpec
 
@@ -96,6 +105,7 @@ class MATD3BCConfig:
     """Adam learning rate of the actor and the critic (+ mixer)."""
 
     def __post_init__(self):
+        check_config(self)
         if not self.actor_hidden or not self.critic_hidden:
             raise ValueError("actor_hidden and critic_hidden must be non-empty")
         if min(self.actor_hidden + self.critic_hidden) < 1:

@@ -71,7 +71,15 @@ import optax
 from flax import struct
 
 from macflow.agents.actions import ActionSpace
-from macflow.agents.base import AgentBase, Stage, clipped_step, linear_mix, polyak, small
+from macflow.agents.base import (
+    AgentBase,
+    Stage,
+    check_config,
+    clipped_step,
+    linear_mix,
+    polyak,
+    small,
+)
 from macflow.nn import MLP, Critic, LinearMixer, agent_ids
 from macflow.nn import utilities as critic_utilities
 from macflow.spec import EnvSpec
@@ -106,6 +114,7 @@ class OMIGAConfig:
     """Cap of the actor's BC weights ``exp(z_i)``."""
 
     def __post_init__(self):
+        check_config(self)
         if not self.hidden or min(self.hidden) < 1 or self.mixer_hidden < 1:
             raise ValueError(f"hidden widths must be non-empty and >= 1: {self}")
         if self.alpha <= 0:

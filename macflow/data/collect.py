@@ -19,12 +19,13 @@ import numpy as np
 
 from macflow import __version__
 from macflow.data.dataset import Dataset
-from macflow.data.io import created_now, save
+from macflow.data.io import check_target, created_now, save
 from macflow.data.schema import fields_for
 from macflow.envs import env_kwargs
 from macflow.envs.base import Behaviour, Env
 from macflow.envs.host import behaviour_rollout
 from macflow.envs.rollout import make_rollout
+from macflow.files import hold
 from macflow.progress import progress_bar
 
 
@@ -151,14 +152,38 @@ class CollectOptions(Generic[EnvT, BehaviourT]):
     overwrite: bool = False
     """Replace an existing dataset at ``out``."""
 
+    def __post_init__(self):
+        # Checked here, so that the command line (tyro builds this class) and Python callers
+        # get the same one-line error before anything is collected.
+        check_count(self.episodes, "episodes")
+        check_seed(self.seed)
+
+
+def check_count(value: Any, name: str) -> None:
+    """Raise a ValueError naming ``--name`` unless ``value`` is an int >= 1."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"--{name.replace('_', '-')} must be an integer >= 1, got {value!r}")
+
+
+def check_seed(seed: Any) -> None:
+    """A seed is an int in ``[0, 2**32)``, which every random number generator accepts."""
+    if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 1 << 32:
+        raise ValueError(f"--seed must be an integer in [0, 2**32), got {seed!r}")
+
 
 def collect_and_save(
     options: CollectOptions, command: str | None = None, console: Any = None
 ) -> Dataset:
     """:func:`collect` what ``options`` describe and save it, with progress bars on ``console``
-    (a ``rich`` console); ``command`` is recorded in the provenance. Returns the saved dataset."""
-    env, out = options.env, options.out
-    with progress_bar(console=console) as bar:
+    (a ``rich`` console); ``command`` is recorded in the provenance. Returns the saved dataset.
+
+    ``out`` is checked first and its write lock held from then on, so an existing dataset (without
+    ``overwrite``) or another process writing ``out`` is refused before anything is collected.
+    """
+    env, out = options.env, Path(options.out).absolute()
+    check_target(out, options.overwrite)
+    with hold(out, command), progress_bar(console=console) as bar:
+        check_target(out, options.overwrite)
         task = bar.add_task(f"collect {env.spec.env_id}", total=options.episodes)
         ds = collect(
             env,

@@ -199,6 +199,26 @@ def _check_episodes(term, trunc, ends, spec: EnvSpec, file) -> None:
         )
 
 
+def _check_concat(arrays, name: str, obs_name: str, file) -> None:
+    """``spec.state_is_obs_concat``: each row of ``name`` is the row's observations flattened."""
+    states, obs = arrays[name], arrays[obs_name]
+    size = obs.shape[2]
+    for lo, hi in _chunks(states.shape[0]):
+        flat = np.asarray(obs[lo:hi]).reshape(hi - lo, -1)
+        bad = _first(np.asarray(states[lo:hi]) != flat, lo)
+        if bad is not None:
+            t, j = bad
+            raise DatasetError(
+                file(name),
+                name,
+                f"value {states[bad]} is not the concatenated observations' "
+                f"{obs_name}[{t}, {j // size}, {j % size}] = {obs[t, j // size, j % size]}; "
+                "spec.state_is_obs_concat says the state is observations.reshape(N * O) (set it "
+                "to false if the state is the task's own)",
+                bad,
+            )
+
+
 def _check_values(arrays, spec: EnvSpec, ends, file) -> None:
     floats = ["observations", "states", "rewards", "final_observations", "final_states"]
     if not spec.discrete:
@@ -209,6 +229,9 @@ def _check_values(arrays, spec: EnvSpec, ends, file) -> None:
             bad = _first(~np.isfinite(arr[lo:hi]), lo)
             if bad is not None:
                 raise DatasetError(file(name), name, f"value {arr[bad]} is not finite", bad)
+    if spec.state_is_obs_concat:
+        _check_concat(arrays, "states", "observations", file)
+        _check_concat(arrays, "final_states", "final_observations", file)
 
     actions = arrays["actions"]
     if not spec.discrete:

@@ -3,8 +3,9 @@
 Importers of large files cannot hold a whole dataset in memory. :func:`save_stream` takes blocks
 of complete episodes (each block a small dataset of the schema on its own), validates each block
 as it arrives, appends its arrays to the ``.npy`` files and commits the directory atomically at
-the end, exactly as :func:`macflow.data.save` does. Only the rewards and episode-end flags of all
-steps (9 bytes per step) are kept for the statistics.
+the end, holding the target's write lock throughout, exactly as :func:`macflow.data.save` does.
+Only the rewards and episode-end flags of all steps (9 bytes per step) are kept for the
+statistics.
 
 Each ``.npy`` file starts with a header of fixed size (:data:`HEADER_BYTES`) that is written last,
 when the number of rows is known; numpy reads such a file like any other (format version 1.0).
@@ -12,11 +13,11 @@ when the number of rows is known; numpy reads such a file like any other (format
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import dataclasses
 import hashlib
 import os
-import shutil
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -24,8 +25,8 @@ from typing import Any
 import numpy as np
 
 from macflow.data.dataset import Dataset
-from macflow.data.io import begin_write, finish_write
-from macflow.data.schema import DatasetError, fields_for
+from macflow.data.io import check_env_kwargs, finish_write, naming, writing
+from macflow.data.schema import META_FILE, DatasetError, fields_for
 from macflow.spec import EnvSpec
 
 HEADER_BYTES = 256  # a multiple of 64, so the array data stay aligned for memory-mapping
@@ -136,30 +137,43 @@ def save_stream(
     path = Path(path).absolute()
     if not provenance.get("method"):
         raise ValueError("provenance needs a 'method'")
+    check_env_kwargs(spec.env_id, env_kwargs or {}, path / META_FILE)
     fields = fields_for(spec)
     _release_large_buffers()
-    tmp = begin_write(path, overwrite)
     files: dict[str, _NpyAppender] = {}
-    try:
-        rewards, terminals, truncations = [], [], []
-        for block in blocks:
-            try:
-                Dataset(block.arrays, spec).validate(path)
-            except DatasetError as err:
-                raise _relocate(err, block, spec, where or {}) from None
-            for name, fld in fields.items():
-                if name not in files:
-                    tail = block.arrays[name].shape[1:]
-                    files[name] = _NpyAppender(tmp / f"{name}.npy", fld.dtype, tail)
-                files[name].append(block.arrays[name])
-            rewards.append(block.arrays["rewards"])
-            terminals.append(block.arrays["terminals"])
-            truncations.append(block.arrays["truncations"])
-            if on_block is not None:
-                on_block(block)
-        if not files:
-            raise ValueError(f"nothing to write to {path}: the source holds no complete episode")
-        meta_fields = {name: files.pop(name).close() for name in fields}
+    with writing(path, overwrite) as tmp:
+        try:
+            rewards, terminals, truncations = [], [], []
+            for block in blocks:
+                try:
+                    Dataset(block.arrays, spec).validate(path)
+                except DatasetError as err:
+                    raise _relocate(err, block, spec, where or {}) from None
+                for name, fld in fields.items():
+                    with naming(path / f"{name}.npy"):
+                        if name not in files:
+                            tail = block.arrays[name].shape[1:]
+                            files[name] = _NpyAppender(tmp / f"{name}.npy", fld.dtype, tail)
+                        files[name].append(block.arrays[name])
+                rewards.append(block.arrays["rewards"])
+                terminals.append(block.arrays["terminals"])
+                truncations.append(block.arrays["truncations"])
+                if on_block is not None:
+                    on_block(block)
+            if not files:
+                raise ValueError(
+                    f"nothing to write to {path}: the source holds no complete episode"
+                )
+            meta_fields = {}
+            for name in fields:
+                with naming(path / f"{name}.npy"):
+                    meta_fields[name] = files.pop(name).close()
+        finally:
+            for f in files.values():  # those not closed: the write failed
+                with contextlib.suppress(OSError):  # e.g. a full disk: keep the first error
+                    f.f.close()
+            if hasattr(blocks, "close"):  # a generator stopped early: let it close its files
+                blocks.close()
         small = {
             "rewards": np.concatenate(rewards),
             "terminals": np.concatenate(terminals),
@@ -173,9 +187,4 @@ def save_stream(
             env_kwargs=dict(env_kwargs or {}),
         )
         finish_write(tmp, path, desc, meta_fields)
-    except BaseException:
-        for f in files.values():
-            f.f.close()
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return load(path, verify=False, check_values=False)

@@ -71,12 +71,20 @@ def registered() -> list[EnvEntry]:
     return [_REGISTRY[k] for k in sorted(_REGISTRY)]
 
 
+class UnknownTask(KeyError, ValueError):
+    """A task id that is not registered (a ``KeyError`` for lookups, a ``ValueError`` for the CLI's
+    one-line errors)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
 def entry(env_id: str) -> EnvEntry:
     """The registry entry of ``env_id``; an unknown id names the closest registered ones."""
     if env_id not in _REGISTRY:
         close = difflib.get_close_matches(env_id, list(_REGISTRY), n=3)
         hint = f" Did you mean {', '.join(close)}?" if close else ""
-        raise KeyError(
+        raise UnknownTask(
             f"unknown environment {env_id!r}.{hint} Registered: {', '.join(sorted(_REGISTRY))} "
             "(`macflow envs` lists them)."
         )

@@ -210,6 +210,18 @@ class QualityOptions(Generic[EnvT, TrainerT]):
     overwrite: bool = False
     """Replace an existing dataset at ``out``."""
 
+    def __post_init__(self):
+        # Checked here, so that the command line (tyro builds this class) and Python callers
+        # get the same one-line error before any training.
+        from macflow.data.collect import check_count, check_seed
+
+        for name in ("transitions", "episodes"):
+            if getattr(self, name) is not None:
+                check_count(getattr(self, name), name)
+        if self.transitions is not None and self.episodes is not None:
+            raise ValueError("--transitions and --episodes both set the size: give one of them")
+        check_seed(self.seed)
+
 
 def collect_quality(
     options: QualityOptions, command: str | None = None, console: Any = None
@@ -218,25 +230,31 @@ def collect_quality(
     progress bars on ``console`` (a ``rich`` console); returns the saved dataset. ``command``
     and the seconds it took are recorded in the provenance."""
     from macflow.data import fields_for, save
+    from macflow.data.io import check_target
+    from macflow.files import hold
     from macflow.progress import progress_bar
 
-    trainer, out = options.trainer, options.out
+    trainer, out = options.trainer, Path(options.out).absolute()
     if options.quick:
         trainer = with_quick(trainer)
     size = options.transitions or (100_000 if options.quick else 1_000_000)
     if options.episodes is not None:
         size = None
-    if out.exists() and not options.overwrite:
-        raise FileExistsError(f"{out} already exists; pass --overwrite to replace it")
-    start = time.perf_counter()
-    env, episodes = options.env, options.episodes
-    ds = make_dataset(
-        env, trainer, options.quality, size, options.seed, console=console, episodes=episodes
-    )
-    provenance = dict(ds.provenance)
-    provenance["command"] = command
-    provenance["seconds"] = round(time.perf_counter() - start, 1)
-    ds = dataclasses.replace(ds, provenance=provenance)
-    with progress_bar(console=console) as bar:
-        write = bar.add_task(f"write {out}", total=len(fields_for(env.spec)))
-        return save(ds, out, overwrite=options.overwrite, on_field=lambda _: bar.advance(write))
+    # Refuse an existing dataset (without --overwrite), or another process writing ``out``,
+    # before training; the lock is held until the dataset is written.
+    check_target(out, options.overwrite)
+    with hold(out, command):
+        check_target(out, options.overwrite)
+        start = time.perf_counter()
+        env, episodes = options.env, options.episodes
+        ds = make_dataset(
+            env, trainer, options.quality, size, options.seed, console=console, episodes=episodes
+        )
+        provenance = dict(ds.provenance)
+        provenance["command"] = command
+        provenance["seconds"] = round(time.perf_counter() - start, 1)
+        ds = dataclasses.replace(ds, provenance=provenance)
+        with progress_bar(console=console) as bar:
+            write = bar.add_task(f"write {out}", total=len(fields_for(env.spec)))
+            on_field = lambda _: bar.advance(write)  # noqa: E731
+            return save(ds, out, overwrite=options.overwrite, on_field=on_field)

@@ -13,18 +13,24 @@ where the name of each source is empty when SRC holds one dataset, or the sub-di
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib
 import json
+import os
+import shutil
 import sys
+import time
+import uuid
 from pathlib import Path
 from typing import Any, Literal, get_args
 
 from macflow.data.dataset import Dataset
 from macflow.data.imports.common import ImportOptions, Source
-from macflow.data.io import created_now
+from macflow.data.io import check_parents, check_target, created_now, load, replace_dir
 from macflow.data.schema import DatasetError
 from macflow.data.stream import save_stream
+from macflow.files import Busy, hold
 
 Format = Literal["og-marl", "omar", "omiga", "cfcql", "madiff"]
 FORMATS = {
@@ -103,27 +109,22 @@ def import_dataset(
 
     ``sources`` are those :func:`open_sources` returned, when the caller opened them already;
     ``command`` (the command line that asked for the import) goes into the provenance.
+    ``out``'s write lock is held throughout, so a second import to the same ``out`` is refused.
+    Several datasets are all converted into a hidden directory beside ``out`` first and moved
+    into place only when every one succeeded: a failure (or Ctrl-C) leaves ``out`` as it was.
     """
     from macflow.progress import progress_bar
 
-    if sources is None:
-        sources = open_sources(fmt, src, options)
-    out = Path(out)
-    if len(sources) > 1 and (out / "meta.json").exists():
-        raise FileExistsError(
-            f"{out} holds a dataset; the {len(sources)} datasets of {src} go to sub-directories "
-            "of --out, which must not be a dataset itself"
-        )
-    done = []
-    for name, source in sources:
-        _check_env(source.spec)
-        target = out / name if name else out
-        provenance: dict[str, Any] = {
-            "method": "import",
-            "format": fmt,
-            "source": str(Path(src).absolute()),
+    out = Path(out).absolute()
+    check_parents(out)  # --out inside a file: refused before the sources are read
+    base: dict[str, Any] = {"method": "import", "format": fmt, "source": str(Path(src).absolute())}
+    recorded = {k: v for k, v in vars(options).items() if v is not None}
+
+    def convert(name: str, source: Source, target: Path, overwrite: bool) -> Dataset:
+        provenance = {
+            **base,
             **source.provenance,
-            "options": {k: v for k, v in vars(options).items() if v is not None},
+            "options": recorded,
             "importer_version": VERSION,
             "created_at": created_now(),
         }
@@ -132,23 +133,75 @@ def import_dataset(
         with progress_bar(console=console, disable=quiet) as bar:
             label = f"import {Path(src).name}" + (f"/{name}" if name else "")
             task = bar.add_task(label, total=source.total)
-
-            def advance(block, bar=bar, task=task):
-                bar.update(task, advance=block.consumed)
-
-            done.append(
-                save_stream(
-                    source.blocks(),
-                    target,
-                    source.spec,
-                    quality=source.quality,
-                    provenance=provenance,
-                    where=source.where,
-                    overwrite=overwrite,
-                    on_block=advance,
-                )
+            return save_stream(
+                source.blocks(),
+                target,
+                source.spec,
+                quality=source.quality,
+                provenance=provenance,
+                where=source.where,
+                overwrite=overwrite,
+                on_block=lambda block: bar.update(task, advance=block.consumed),
             )
-    return done
+
+    with hold(out, command):
+        if sources is None:
+            sources = open_sources(fmt, src, options)
+        for _, source in sources:  # every part, before anything is converted
+            _check_env(source.spec)
+        names = [name for name, _ in sources]
+        if names == [""]:
+            return [convert("", sources[0][1], out, overwrite)]
+        _check_names(names, src, out)
+        if (out / "meta.json").exists() or (out.exists() and not out.is_dir()):
+            raise FileExistsError(
+                f"{out} holds a dataset; the {len(sources)} datasets of {src} go to "
+                "sub-directories of --out, which must not be a dataset itself"
+            )
+        for name in names:  # refused before converting, and again before moving
+            check_target(out / name, overwrite)
+        stage = out.parent / f".{out.name}.stage-{uuid.uuid4().hex[:8]}"
+        stage.mkdir(parents=True)
+        try:
+            for name, source in sources:
+                convert(name, source, stage / name, False)
+            _publish(stage, out, names, overwrite)
+        finally:
+            shutil.rmtree(stage, ignore_errors=True)
+        return [load(out / name, verify=False, check_values=False) for name in names]
+
+
+def _check_names(names: list[str], src, out: Path) -> None:
+    """Each dataset of a multi-dataset source goes to ``out/<name>``: a plain directory name,
+    each its own (a file stem such as ``..`` of ``...h5`` would write outside ``out``)."""
+    for name in names:
+        plain = name and not name.startswith(".") and "/" not in name and "\0" not in name
+        if not plain or (os.altsep and os.altsep in name):
+            raise DatasetError(
+                src,
+                None,
+                f"holds a dataset named {name!r}, which cannot be a directory inside {out} (a "
+                "name must not be empty, start with '.' or hold '/'); rename its file or directory",
+            )
+        if names.count(name) > 1:
+            raise DatasetError(
+                src,
+                None,
+                f"holds {names.count(name)} datasets named {name!r} (e.g. a.h5 and a.hdf5), which "
+                f"would all go to {out / name}; rename or remove all but one",
+            )
+
+
+def _publish(stage: Path, out: Path, names: list[str], overwrite: bool) -> None:
+    """Move the converted ``stage/<name>`` datasets to ``out/<name>``, holding the write lock of
+    every one and checking them all again before the first is moved."""
+    with contextlib.ExitStack() as locks:
+        for name in names:
+            locks.enter_context(hold(out / name))
+        for name in names:
+            check_target(out / name, overwrite)
+        for name in names:
+            replace_dir(stage / name, out / name)
 
 
 def _check_env(spec) -> None:
@@ -193,9 +246,22 @@ def cached_import(src: str | Path, command: str | None = None) -> Path:
             f"--dataset {src / sources[0][0]}, or convert them all with "
             f"`macflow data import {fmt} {src} --out DIR`"
         )
+    sources = [("", source) for _, source in sources]  # a directory of one file: into path
     print(f"converting the {fmt} dataset {src} into {path} (once)", file=sys.stderr)
-    import_dataset(fmt, src, path, options, overwrite=True, sources=sources, command=command)
-    return path
+    waiting = False
+    while True:
+        try:
+            with hold(path, command):
+                if not (path / "meta.json").exists():  # else converted while we waited
+                    import_dataset(
+                        fmt, src, path, options, overwrite=True, sources=sources, command=command
+                    )
+                return path
+        except Busy:  # another process (e.g. a sweep's job) converts it: wait and reuse it
+            if not waiting:
+                print(f"waiting for the other process converting {src}", file=sys.stderr)
+                waiting = True
+            time.sleep(0.5)
 
 
 def _size_mtime(file: Path) -> tuple[int, int]:

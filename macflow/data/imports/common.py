@@ -27,6 +27,9 @@ Conventions every importer applies, each recorded in the provenance's ``transfor
 from __future__ import annotations
 
 import dataclasses
+import math
+import os
+import typing
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -73,6 +76,33 @@ class ImportOptions:
     """OG-MARL: import only this uid of a ``.vlt`` directory (default: every uid)."""
     block_rows: int = 1 << 16
     """Source rows read at a time (memory use is proportional)."""
+
+    def __post_init__(self):
+        # Checked here, so that the command line (tyro builds this class) and Python callers
+        # get the same one-line error before anything is read or written.
+        for name, kind in typing.get_type_hints(ImportOptions).items():
+            value = getattr(self, name)
+            choices = typing.get_args(kind)
+            if typing.get_origin(kind) is Literal and value not in choices:
+                raise ValueError(f"{flag(name)} must be one of {', '.join(choices)}, got {value!r}")
+        positive_int(self.block_rows, "block_rows")
+        if self.episode_limit is not None:
+            positive_int(self.episode_limit, "episode_limit", "; leave it out for the default")
+        bound = self.action_bound
+        number = isinstance(bound, int | float) and not isinstance(bound, bool)
+        if not (number and 0 < bound < math.inf):
+            raise ValueError(f"--action-bound must be a finite number > 0, got {bound!r}")
+
+
+def flag(name: str) -> str:
+    """The command-line flag of an option field: ``block_rows`` -> ``--block-rows``."""
+    return "--" + name.replace("_", "-")
+
+
+def positive_int(value: Any, name: str, hint: str = "") -> None:
+    """Raise a ValueError naming ``name``'s flag unless ``value`` is an int >= 1."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{flag(name)} must be an integer >= 1, got {value!r}{hint}")
 
 
 class Source(Protocol):
@@ -166,6 +196,23 @@ class AgentId:
                 index,
             )
         return strip_dims(obs, self.dims)
+
+
+def is_present(path: Path, field: str) -> bool:
+    """Whether the optional source file ``path`` is there: True for a file, False for nothing;
+    anything else (a directory, a broken link) is refused rather than taken for a missing file,
+    which would change what is imported (e.g. every action legal without ``legals.npy``)."""
+    if path.is_file():
+        return True
+    if not os.path.lexists(path):
+        return False
+    if path.is_dir():
+        kind = "a directory"
+    elif path.is_symlink():
+        kind = "a broken symbolic link (or a link loop)"
+    else:
+        kind = "not a regular file"
+    raise DatasetError(path, field, f"is {kind}, not a file; replace it with the file or remove it")
 
 
 def per_file(

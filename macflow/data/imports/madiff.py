@@ -30,6 +30,7 @@ from macflow.data.imports.common import (
     continuous_bounds,
     episode_blocks,
     final_note,
+    is_present,
     reward_note,
     source_fields,
     team_reward,
@@ -92,7 +93,7 @@ class MadiffSource:
             raise DatasetError(src, None, "is not a directory (expected a MADiff dataset's)")
         self.arrays = {name: self._load(name) for name in REQUIRED}
         for name in OPTIONAL:
-            if (self.dir / f"{name}.npy").is_file():
+            if is_present(self.dir / f"{name}.npy", name):
                 self.arrays[name] = self._load(name)
         self._shapes()
         self._scan()
@@ -103,7 +104,7 @@ class MadiffSource:
 
     def _load(self, name: str) -> np.ndarray:
         path = self.dir / f"{name}.npy"
-        if not path.is_file():
+        if not is_present(path, name):
             raise DatasetError(
                 path,
                 name,
@@ -112,7 +113,7 @@ class MadiffSource:
             )
         try:
             return np.load(path, mmap_mode="r")
-        except ValueError as err:
+        except (ValueError, OSError, EOFError) as err:
             raise DatasetError(path, name, f"cannot read it as .npy ({err})") from err
 
     def _shapes(self) -> None:

@@ -38,6 +38,7 @@ from macflow.data.imports.common import (
     assemble,
     continuous_bounds,
     episode_blocks,
+    is_present,
     reward_note,
     team_reward,
 )
@@ -81,7 +82,7 @@ class _Seed:
     def __init__(self, k: int | None, folder: Path):
         self.k, self.dir = k, folder.absolute()
         self.num_agents = self._count_agents()
-        self.has_state = (self.dir / "states_0.npy").is_file()
+        self.has_state = is_present(self.dir / "states_0.npy", "states_0")
         self.arrays: dict[str, list[np.ndarray]] = {}
         names = AGENT_FILES + (STATE_FILES if self.has_state else ())
         for name in names:
@@ -109,7 +110,7 @@ class _Seed:
 
     def _load(self, name: str, i: int) -> np.ndarray:
         path = Path(self.file(name, i))
-        if not path.is_file():
+        if not is_present(path, f"{name}_{i}"):
             what = "MA-MuJoCo's states_0.npy is present, so " if name in STATE_FILES else ""
             raise DatasetError(
                 path,
@@ -119,7 +120,7 @@ class _Seed:
             )
         try:
             return np.load(path, mmap_mode="r")
-        except ValueError as err:
+        except (ValueError, OSError, EOFError) as err:
             raise DatasetError(path, f"{name}_{i}", f"cannot read it as .npy ({err})") from err
 
     def _check_shapes(self) -> None:

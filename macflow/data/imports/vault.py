@@ -77,6 +77,60 @@ def open_sources(src: Path, options: ImportOptions) -> list[tuple[str, VaultSour
     return [(p.name, VaultSource(p, options)) for p in uids]
 
 
+def read_metadata(file: Path) -> dict[str, Any]:
+    """A uid's ``metadata.json`` as a dict: a DatasetError naming it if it cannot be read, is
+    not UTF-8 JSON or not an object."""
+    try:
+        meta = json.loads(file.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as err:
+        raise DatasetError(file, None, f"is not UTF-8 text ({err})") from err
+    except json.JSONDecodeError as err:
+        raise DatasetError(file, None, f"not valid JSON ({err})") from err
+    except OSError as err:
+        raise DatasetError(file, None, f"cannot be read ({err.strerror or err})") from err
+    if not isinstance(meta, dict):
+        raise DatasetError(file, None, f"must hold a JSON object, got a {type(meta).__name__}")
+    return meta
+
+
+def structure(meta: dict[str, Any], file: Path) -> tuple[dict[str, tuple], dict[str, np.dtype]]:
+    """``({leaf: shape}, {leaf: dtype})`` from ``structure_shape`` and ``structure_dtype``,
+    every shape a tuple of at least 2 ints ``(B, T, ...)`` and every dtype a numpy one."""
+    trees = {}
+    for key in ("structure_shape", "structure_dtype"):
+        tree = meta.get(key)
+        if not isinstance(tree, dict):
+            got = "missing" if tree is None else f"a {type(tree).__name__}"
+            raise DatasetError(file, key, f"must be an object of the experience's leaves, {got}")
+        trees[key] = _leaves(tree)
+    shapes, dtypes = {}, {}
+    for name, text in trees["structure_shape"].items():
+        try:
+            shape = ast.literal_eval(text) if isinstance(text, str) else text
+        except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+            shape = None
+        ints = isinstance(shape, tuple | list) and all(
+            isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
+        )
+        if not ints or len(shape) < 2:
+            raise DatasetError(
+                file,
+                "structure_shape",
+                f"leaf {name!r}: {text!r} is not a shape (B, T, ...) of integers",
+            )
+        shapes[name] = tuple(shape)
+        text = trees["structure_dtype"].get(name)
+        try:
+            if not isinstance(text, str):
+                raise TypeError(text)
+            dtypes[name] = np.dtype(text)
+        except TypeError:
+            raise DatasetError(
+                file, "structure_dtype", f"leaf {name!r}: {text!r} is not a numpy dtype"
+            ) from None
+    return shapes, dtypes
+
+
 def _leaves(tree: Any, prefix: str = "") -> dict[str, Any]:
     """Flatten the metadata's nested structure into ``{leaf name: value}`` with vault names."""
     if isinstance(tree, dict):
@@ -95,26 +149,17 @@ class VaultSource:
 
         self.uid, self.options = uid.absolute(), options
         meta_file = self.uid / METADATA
-        try:
-            meta = json.loads(meta_file.read_text())
-        except json.JSONDecodeError as err:
-            raise DatasetError(meta_file, None, f"not valid JSON ({err})") from err
+        meta = read_metadata(meta_file)
         version = meta.get("version")
         try:
             major = int(float(version))
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             major = None
         if major != 1:
             raise DatasetError(
                 meta_file, "version", f"vault version {version!r}; this importer reads 1.x"
             )
-        try:
-            shapes = {k: ast.literal_eval(v) for k, v in _leaves(meta["structure_shape"]).items()}
-            dtypes = _leaves(meta["structure_dtype"])
-        except (KeyError, ValueError, SyntaxError, TypeError) as err:
-            raise DatasetError(
-                meta_file, "structure_shape", f"missing or unreadable ({err!r})"
-            ) from err
+        shapes, dtypes = structure(meta, meta_file)
         for name in REQUIRED:
             if name not in shapes:
                 raise DatasetError(
@@ -155,6 +200,7 @@ class VaultSource:
             self.steps = int(index.read().result()[0])
         except ValueError as err:
             raise DatasetError(self.uid, "vault_index", f"cannot read it: {err}") from err
+        self._check_ranks()
         obs = self.stores["observations."]
         self.batch, self.num_agents, obs_dim = obs.shape[0], obs.shape[2], obs.shape[3]
         if self.steps < 1 or self.steps > obs.shape[1]:
@@ -164,6 +210,29 @@ class VaultSource:
         self.notes: list[str] = []
         self._scan()
         self._describe(obs_dim, shapes)
+
+    def _check_ranks(self) -> None:
+        """The leaves' ranks: experience is ``[B, T, N, ...]``, the agents as many everywhere."""
+        ranks = {
+            "observations.": ((4,), "(B, T, N, O)"),
+            "actions.": ((3, 4), "(B, T, N) or (B, T, N, 1) indices, or (B, T, N, A)"),
+            STATE: ((3, 4), "(B, T, S) or (B, T, N, S)"),
+            LEGALS: ((4,), "(B, T, N, A)"),
+        }
+        agents = self.stores["observations."].shape[2:3]
+        for name, (allowed, text) in ranks.items():
+            store = self.stores.get(name)
+            if store is None:
+                continue
+            shape = tuple(store.shape)
+            per_agent = len(shape) == 4 or name == "actions."
+            if len(shape) not in allowed or (per_agent and shape[2:3] != agents):
+                raise DatasetError(
+                    self.uid,
+                    name,
+                    f"shape {list(shape)}, expected {text} with the N of 'observations.' "
+                    f"{list(self.stores['observations.'].shape)}",
+                )
 
     def _read(self, name: str, b: int, lo: int, hi: int) -> np.ndarray:
         return self.stores[name][b, lo:hi].read().result()
