@@ -420,7 +420,7 @@ def cases() -> list[Case]:
              run=two_writers(lambda d: [*xor, f"{d}/x", "--episodes", "100000"])))
     add(Case("collect", "killed while writing, then again", [], "ok", check=loads("x"),
              run=killed(lambda d: [*xor, f"{d}/x", "--episodes", "200000"], hidden_sibling("x"),
-                        [*xor, f"{D}/x", "--episodes", "100"])))
+                        [*xor, f"{D}/x", "--episodes", "100", "--overwrite"])))
 
     # datasets: data info and train on damaged datasets
     damaged = [
