@@ -48,6 +48,7 @@ from macflow.loop import check_finite, seed_keys
 from macflow.online_loop import Plan, make_chunk, start_all
 from macflow.progress import progress_bar
 from macflow.runs import RunLog
+from macflow.train import check_intervals, check_name, hardware, load_run
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,15 +103,8 @@ class FinetuneConfig:
             raise ValueError(
                 f"--log-every ({self.log_every}) must be a multiple of --envs ({self.envs})"
             )
-        for name in ("eval_every", "checkpoint_every"):
-            value = getattr(self, name)
-            if value < 0 or value % self.log_every:
-                raise ValueError(
-                    f"--{name.replace('_', '-')} ({value}) must be a multiple of --log-every "
-                    f"({self.log_every})"
-                )
-        if not self.name or "/" in self.name or self.name.startswith("."):
-            raise ValueError(f"--name must be a plain directory name, got {self.name!r}")
+        check_intervals(self, ("eval_every", "checkpoint_every"))
+        check_name(self.name, "RUN")
 
 
 EVAL_KEY = jax.random.PRNGKey(0x0F1E)
@@ -140,8 +134,6 @@ class _Online:
     """A resolved fine-tuning: the offline run, its dataset and env, and the loop's plan."""
 
     def __init__(self, run: Path, cfg: FinetuneConfig):
-        from macflow.train import load_run
-
         self.cfg, self.run = cfg, Path(run)
         record, cls, config, agents, step = load_run(run)
         self.record, self.cls, self.offline_config, self.offline_step = record, cls, config, step
@@ -358,8 +350,6 @@ def _columns(job: _Online, carries, sampler) -> list[str]:
 
 
 def _final(job: _Online, log: RunLog, agents, step: int, seconds: float) -> dict:
-    from macflow.train import hardware
-
     cfg = job.cfg
     episodes = cfg.eval_episodes * 10
     key = jax.random.fold_in(EVAL_KEY, 0xF1AA1)

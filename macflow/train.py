@@ -113,23 +113,33 @@ class TrainConfig:
         for name in ("steps", "batch_size", "log_every", "eval_episodes", "final_eval_factor"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1")
-        for name in ("eval_every", "checkpoint_every"):
-            value = getattr(self, name)
-            if value < 0 or value % self.log_every:
-                raise ValueError(
-                    f"--{name.replace('_', '-')} ({value}) must be a multiple of --log-every "
-                    f"({self.log_every})"
-                )
+        check_intervals(self, ("eval_every", "checkpoint_every"))
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"--seeds must be distinct and non-empty, got {self.seeds}")
-        name = self.name
-        seps = [c for c in (os.sep, os.altsep) if c]
-        if name is not None and (not name or name.startswith(".") or any(c in name for c in seps)):
-            # A hidden name could be another run's lock or temporary directory.
+        if self.name is not None:
+            check_name(self.name, "--out")
+
+
+def check_intervals(cfg: Any, names: tuple[str, ...]) -> None:
+    """Each of ``cfg``'s ``names`` (e.g. ``eval_every``) must be a multiple of its ``log_every``."""
+    for name in names:
+        value = getattr(cfg, name)
+        if value < 0 or value % cfg.log_every:
             raise ValueError(
-                f"--name {name!r} must be a plain directory name inside --out: not empty, "
-                "without a path separator, not starting with '.'"
+                f"--{name.replace('_', '-')} ({value}) must be a multiple of --log-every "
+                f"({cfg.log_every})"
             )
+
+
+def check_name(name: str, inside: str) -> None:
+    """``--name`` must be a plain directory name: a hidden name could be another run's lock or
+    temporary directory, a separator would write outside ``inside``."""
+    seps = [c for c in (os.sep, os.altsep) if c]
+    if not name or name.startswith(".") or any(c in name for c in seps):
+        raise ValueError(
+            f"--name {name!r} must be a plain directory name inside {inside}: not empty, "
+            "without a path separator, not starting with '.'"
+        )
 
 
 def default_dataset(task: str, episodes: int = 10_000) -> Path:
