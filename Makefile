@@ -10,7 +10,7 @@ RUN_STAMP := $(VENV)/.installed-run
 TEST_STAMP := $(VENV)/.installed-test
 # What `macflow quickstart` needs (mpe/spread), and everything the tests use (no GPU extras).
 RUN_EXTRAS := jaxmarl
-TEST_EXTRAS := dev jaxmarl mamujoco ray analysis vault hdf5 tensorboard
+TEST_EXTRAS := dev jaxmarl mamujoco ray analysis vault hdf5 tensorboard deploy
 # Exact versions from uv.lock (--locked fails if it is out of date with pyproject.toml); packages
 # outside the chosen extras stay (--inexact), so the slim `make run` venv grows into the test one.
 UV := UV_PROJECT_ENVIRONMENT=$(VENV) UV_PYTHON_DOWNLOADS=never $(BIN)/uv

@@ -79,6 +79,10 @@ class Args:
     """Seconds of timed calls per figure (after the warm-up call)."""
     json: str | None = None
     """Write every figure, ratio and the machine info to this JSON file."""
+    deploy: bool = False
+    """Time the deployment runtimes instead (benchmarks/deployment.py): one agent's exported
+    student in JAX jit / AOT, numpy and onnxruntime, each beside its runtime's floor and
+    DDPM / DDIM in the same runtime; and the exported files' bytes for the paper preset."""
 
 
 def machine() -> dict:
@@ -170,6 +174,9 @@ def ratios(a: Args, s: dict[str, float]) -> dict[str, float]:
 def main(a: Args) -> None:
     if not 1 <= a.ddim_steps <= a.ddpm_steps:
         raise SystemExit(f"need 1 <= --ddim-steps <= --ddpm-steps, got {a.ddim_steps}")
+    if a.deploy:
+        deploy_main(a)
+        return
     info = machine()
     ddpm, ddim = f"DDPM-{a.ddpm_steps}", f"DDIM-{a.ddim_steps}"
     print(
@@ -224,6 +231,64 @@ def main(a: Args) -> None:
                     json.dump(record, f, indent=2)
                     f.write("\n")
     if a.json:
+        print(f"wrote {a.json}")
+
+
+RUNTIMES = ("jax jit", "jax aot", "numpy", "onnxruntime")
+
+
+def deploy_main(a: Args) -> None:
+    """``--deploy``: every runtime's one-agent decision beside its floor and its diffusion."""
+    import onnxruntime
+    from deployment import measure, sizes
+
+    info = machine() | {"onnxruntime": onnxruntime.__version__, "load": os.getloadavg()}
+    ddpm, ddim = f"DDPM-{a.ddpm_steps}", f"DDIM-{a.ddim_steps}"
+    print(
+        f"deployment runtimes, ms per decision (median of 7 rounds), {a.depth}x{a.width}, "
+        f"toy/landmarks; jax {info['jax']} on {info['device']}, onnxruntime "
+        f"{info['onnxruntime']}, {info['cpu_count']} CPUs, load {info['load'][0]:.1f}"
+    )
+    record = {
+        "benchmark": "benchmarks/inference.py --deploy",
+        "command": " ".join(["python", "benchmarks/inference.py", *sys.argv[1:]]),
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "args": dataclasses.asdict(a),
+        "machine": info,
+        "results": [],
+    }
+    for n in a.agents:
+        for batch in a.batches:
+            s = measure(a, n, batch)
+            ms = {k: v * 1e3 for k, v in s.items()}
+            r = {}
+            for rt in RUNTIMES:
+                base = rt.split()[0]  # jax, numpy, onnxruntime; the AOT path has an AOT floor
+                floor = ms["jax aot floor"] if rt == "jax aot" else ms[f"{base} floor"]
+                r[f"{rt} / floor"] = ms[rt] / floor
+                r[f"{ddpm} / {rt}"] = ms[f"{base} {ddpm}"] / ms[rt]
+                r[f"{ddim} / {rt}"] = ms[f"{base} {ddim}"] / ms[rt]
+            print(f"N={n:<3} batch {batch}")
+            for rt in RUNTIMES:
+                base = rt.split()[0]
+                fl = "jax aot floor" if rt == "jax aot" else f"{base} floor"
+                print(
+                    f"    {rt:<12} {ms[rt]:9.4f} | floor {ms[fl]:9.4f} "
+                    f"({times(r[f'{rt} / floor'])}) | {ddpm} {ms[f'{base} {ddpm}']:9.3f} "
+                    f"({times(r[f'{ddpm} / {rt}'])}) | {ddim} {ms[f'{base} {ddim}']:8.3f} "
+                    f"({times(r[f'{ddim} / {rt}'])})"
+                )
+            record["results"].append({"agents": n, "batch": batch, "ms": ms, "ratios": r})
+            if a.json:
+                with open(a.json, "w") as f:
+                    json.dump(record, f, indent=2)
+                    f.write("\n")
+    record["sizes"] = sizes()
+    print("bytes, paper preset:", record["sizes"])
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump(record, f, indent=2)
+            f.write("\n")
         print(f"wrote {a.json}")
 
 

@@ -7,7 +7,8 @@ behaviour, ``Dataset``, ``Sampler``),
 training (``train`` with a ``TrainConfig``; ``load_run`` rebuilds a run's agents; the loop
 without a run directory: ``create_agents``, ``fit``), offline-to-online fine-tuning
 (``finetune`` with a ``FinetuneConfig``), evaluation
-(``evaluate``), the algorithms (``AGENTS``, ``get_agent``, the act modes) and the command line
+(``evaluate``), deployment without JAX (``export``: a run's students to ONNX and numpy, for
+``macflow.deploy``), the algorithms (``AGENTS``, ``get_agent``, the act modes) and the command line
 itself (``main(["train", ...])``). Every other module is internal.
 """
 
@@ -18,6 +19,7 @@ from macflow.data import Dataset, DatasetError, Sampler, load, save
 from macflow.data.collect import collect
 from macflow.envs import make_env, registered
 from macflow.evaluate import evaluate
+from macflow.export import export
 from macflow.finetune import FinetuneConfig, finetune
 from macflow.loop import TrainingDiverged, create_agents, fit
 from macflow.spec import EnvSpec
@@ -40,6 +42,7 @@ __all__ = [
     "collect",
     "create_agents",
     "evaluate",
+    "export",
     "finetune",
     "fit",
     "get_agent",

@@ -1,5 +1,5 @@
 """The ``macflow`` command: ``envs``, ``collect``, ``data info``, ``data import``, ``train``,
-``eval``, ``finetune``, ``sweep`` and ``quickstart``.
+``eval``, ``export``, ``finetune``, ``sweep`` and ``quickstart``.
 
 Thin by design: each command parses typed options (tyro, help text from field docstrings), calls
 the library and prints (``macflow.report``). Bad input ends with a one-line error and exit
@@ -289,6 +289,30 @@ def eval_command(
     console.print(f"written to {Path(run) / 'eval.json'}")
 
 
+def export_command(
+    run: tyro.conf.Positional[Path],
+    out: Path,
+    seed: int | None = None,
+    format: str = "onnx,npz",
+) -> None:
+    """Export a run's decentralised policy (one seed, the students only) to run without JAX:
+    OUT/spec.json (inputs, how to draw the noise, action space, provenance), OUT/policy.onnx
+    (one graph, checked with onnxruntime) and OUT/policy.npz (weights for macflow/deploy.py,
+    a numpy-only forward). Centralised policies (the diffusion baseline) are refused.
+
+    Args:
+        run: Run directory (written by `macflow train`).
+        out: Directory of the exported files (created; the files in it are replaced).
+        seed: Which of the run's seeds (default: its first).
+        format: Comma-separated formats besides spec.json: onnx, npz.
+    """
+    from macflow.export import export
+
+    written = export(run, out, seed, format, command=_command())
+    for path in written.values():
+        console.print(f"{escape(str(path))}  {path.stat().st_size:,} bytes", highlight=False)
+
+
 FINETUNE_DEFAULTS = FinetuneConfig()
 
 
@@ -407,6 +431,7 @@ def _build_app() -> SubcommandApp:
     )
     app.command(train_help, name="train")
     app.command(eval_command, name="eval")
+    app.command(export_command, name="export")
     app.command(finetune_command, name="finetune")
     app.command(sweep)
     app.command(quickstart)

@@ -17,6 +17,7 @@ def test_the_api_examples_run(tmp_path, monkeypatch, capsys):
     assert "2 2 True" in printed
     assert "macflow 600 [0, 1]" in printed
     assert "(5, 2)" in printed
+    assert "True" in printed.splitlines()  # the exported policy acts as the agent does
     # Trained on the rare-optimum game, the students pick the rare joint optimum (1, 1) at zero
     # noise: a return near 2, where copying the data's common actions gives about 1.
     assert all(r["return_mean"] > 1.8 for r in namespace["results"]), namespace["results"]

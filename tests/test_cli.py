@@ -36,6 +36,7 @@ HELP = {
     ("data", "import"): ["og-marl", "omar", "omiga", "cfcql", "madiff", "--final", "--uid"],
     ("data", "info"): ["PATH", "--no-verify", "sha256", "--plot", "histogram"],
     ("quickstart",): ["make run", "mpe/spread", "--transitions", "--steps", "flow-BC"],
+    ("export",): ["Run directory", "--out", "--seed", "--format", "onnx", "deploy.py", "refused"],
 }
 
 

@@ -128,6 +128,20 @@ class Continuous:
             return unit
         return jnp.clip(unit + std * jax.random.normal(key, unit.shape), -1.0, 1.0)
 
+    def export_head(self, mean: str = "tanh", std=0.0, squash: str = "clip") -> dict:
+        """How an exported policy (``macflow export``, :mod:`macflow.deploy`) turns its
+        network's output into a unit action: mean ``tanh`` of the first D outputs (or
+        ``linear``: as they are), std a constant or ``[lo, hi]`` (the bounds of a learned
+        log-std in the next D outputs), ``u = mean + std * action_noise``, then ``clip`` into
+        [-1, 1] or ``tanh``."""
+        std = [float(s) for s in std] if isinstance(std, tuple | list) else float(std)
+        return {"kind": "box", "mean": mean, "std": std, "squash": squash}
+
+    def describe(self) -> dict:
+        """The action space as JSON (an exported policy's ``spec.json``)."""
+        low, high = list(self.low), list(self.high)
+        return {"kind": "continuous", "dim": self.dim, "low": low, "high": high}
+
     # --- stochastic heads: a diagonal Gaussian on [-1, 1] ---------------------------------------
 
     def parse_policy(
@@ -235,6 +249,15 @@ class Discrete:
         if mode == "zero":
             return jnp.argmax(logits, axis=-1)
         return jax.random.categorical(key, logits)
+
+    def export_head(self, mean: str = "tanh", std=0.0, squash: str = "clip") -> dict:
+        """An exported policy's head: the legal argmax of the logits plus Gumbel draws (zeros:
+        greedy), as :meth:`act` samples (the continuous kind's options do not apply)."""
+        return {"kind": "categorical"}
+
+    def describe(self) -> dict:
+        """The action space as JSON (an exported policy's ``spec.json``)."""
+        return {"kind": "discrete", "n": self.n}
 
     # --- stochastic heads: a categorical over legal actions ------------------------------------
 

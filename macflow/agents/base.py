@@ -30,6 +30,7 @@ from typing import Any, NamedTuple, Protocol
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from macflow.agents.actions import ActionSpace, action_space, masked_logits
@@ -213,3 +214,39 @@ def small(preset):
         return dataclasses.replace(config, **changes)
 
     return make
+
+
+def mlp_weights(params) -> list[dict[str, Any]]:
+    """The layers of the :class:`macflow.nn.MLP` in a module's ``params`` (the MLP itself, or
+    a module holding one, as the students and OMIGA's and ICQ's policies do), in order, as
+    numpy arrays: ``kernel [in, out]``, ``bias`` and, after a hidden layer's LayerNorm,
+    ``ln_scale`` and ``ln_bias``."""
+    tree = params["params"] if "params" in params else params
+    while "Dense_0" not in tree:
+        (tree,) = tree.values()  # a module with one MLP inside
+    layers = []
+    for i in range(sum(k.startswith("Dense_") for k in tree)):
+        layer = {k: np.asarray(v, np.float32) for k, v in tree[f"Dense_{i}"].items()}
+        if f"LayerNorm_{i}" in tree:
+            ln = tree[f"LayerNorm_{i}"]
+            layer |= {"ln_scale": np.asarray(ln["scale"]), "ln_bias": np.asarray(ln["bias"])}
+        layers.append(layer)
+    return layers
+
+
+def policy_card(params, head: dict, noise: int = 0, joint: bool = False) -> dict[str, Any]:
+    """What an agent's ``export_policy()`` returns (``macflow export``): the weights of its
+    per-agent policy network, an MLP shared by all agents on ``(o_i, one-hot id_i[, z_i][,
+    joint z])``, and how its output becomes an action (``head``, from the action space's
+    ``export_head``). ``noise``: the size of each agent's noise input ``z_i`` (0: none);
+    ``joint``: the network also reads the whole team's noise (shared noise)."""
+    layers = mlp_weights(params)
+    inputs = ["observation", "agent_id"] + ["noise"] * bool(noise) + ["joint_noise"] * joint
+    return {
+        "layers": layers,
+        "input": inputs,
+        "noise": noise,
+        "joint": joint,
+        "layer_norm": "ln_scale" in layers[0],
+        "head": head,
+    }

@@ -42,7 +42,15 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
-from macflow.agents.base import AgentBase, Stage, adam_step, check_config, masked_logits, small
+from macflow.agents.base import (
+    AgentBase,
+    Stage,
+    adam_step,
+    check_config,
+    masked_logits,
+    policy_card,
+    small,
+)
 from macflow.nn import MLP, agent_ids
 from macflow.spec import EnvSpec
 
@@ -164,3 +172,10 @@ class BC(AgentBase, struct.PyTreeNode):
         """Each agent acts on its own observation (``states`` is ignored)."""
         policy = self._policy(self.params["policy"], observations)
         return self.space.to_env(self.space.sample(policy, legal, mode, key, squash=True))
+
+    def export_policy(self) -> dict:
+        """The policy for ``macflow export``: continuous ``tanh(mean + std * eps)`` with the
+        clipped learned log-std (``eps = 0``: ``tanh(mean)``), discrete its logits."""
+        c = self.config
+        head = self.space.export_head("linear", (c.log_std_min, c.log_std_max), "tanh")
+        return policy_card(self.params["policy"], head)

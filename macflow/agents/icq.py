@@ -72,6 +72,7 @@ from macflow.agents.base import (
     check_config,
     clipped_step,
     linear_mix,
+    policy_card,
     require,
     small,
 )
@@ -306,3 +307,7 @@ class ICQ(AgentBase, struct.PyTreeNode):
         """Decentralised actions ``[..., N]``, never illegal (``states`` is ignored)."""
         out = self._policy().apply(self.params["policy"], observations)
         return self.space.act(out, legal, mode, key)
+
+    def export_policy(self) -> dict:
+        """The policy for ``macflow export``: its logits' legal argmax after Gumbel draws."""
+        return policy_card(self.params["policy"], self.space.export_head())

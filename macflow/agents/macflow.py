@@ -61,6 +61,7 @@ from macflow.agents.base import (
     check_config,
     masked_logits,
     mix,
+    policy_card,
     polyak,
     small,
 )
@@ -623,6 +624,14 @@ class MACFlow(AgentBase, struct.PyTreeNode):
         out = jnp.broadcast_to(self.space.squash(out), team)
         a = self.space.act(out, legal, mode, jax.random.fold_in(key, 1))[0, agent]
         return self.space.to_env(a)
+
+    def export_policy(self) -> dict:
+        """The student for ``macflow export``: one network on ``(o_i, id_i, z_i[, joint z])``,
+        the action its squashed output (continuous) or its logits' legal argmax after Gumbel
+        draws (discrete), as :meth:`act_agent` computes it for the same draws."""
+        c = self.config
+        head = self.space.export_head()
+        return policy_card(self.params["student"], head, noise=self._dim, joint=c.shared_noise)
 
     @functools.partial(jax.jit, static_argnames=("mode",))
     def act_teacher(self, key, observations, states, legal, mode: str = "sample"):

@@ -65,6 +65,7 @@ from macflow.agents.base import (
     check_config,
     masked_logits,
     mix,
+    policy_card,
     polyak,
     small,
 )
@@ -281,3 +282,9 @@ class MATD3BC(AgentBase, struct.PyTreeNode):
         out = self._actor_out(self.params["actor"], observations)
         a = self.space.act(out, legal, mode, key, std=self.config.act_noise)
         return self.space.to_env(a)
+
+    def export_policy(self) -> dict:
+        """The actor for ``macflow export``: ``clip(tanh(out) + act_noise * eps)`` (continuous;
+        ``eps = 0`` in the zero mode), or its logits (discrete)."""
+        head = self.space.export_head("tanh", self.config.act_noise, "clip")
+        return policy_card(self.params["actor"], head)

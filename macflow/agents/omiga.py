@@ -77,6 +77,7 @@ from macflow.agents.base import (
     check_config,
     clipped_step,
     linear_mix,
+    policy_card,
     polyak,
     small,
 )
@@ -316,3 +317,9 @@ class OMIGA(AgentBase, struct.PyTreeNode):
         """Decentralised actions ``[..., N, A]`` / ``[..., N]`` (``states`` is ignored)."""
         a = self.policy_actions(self.params["policy"], key, observations, legal, mode)
         return self.space.to_env(a)
+
+    def export_policy(self) -> dict:
+        """The policy for ``macflow export``: ``clip(tanh(mean) + std * eps)`` with the clipped
+        learned log-std (continuous), or its logits (discrete)."""
+        head = self.space.export_head("tanh", (LOG_STD_MIN, LOG_STD_MAX), "clip")
+        return policy_card(self.params["policy"], head)
